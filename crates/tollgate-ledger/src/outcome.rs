@@ -1,0 +1,48 @@
+//! What `apply` returns for a request. Stored in the dedup table, so a retry gets the same answer.
+
+use serde::{Deserialize, Serialize};
+use tollgate_types::error::ApiError;
+
+/// Per usage record result, stable per request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageAck {
+    /// Appended to the ledger at this sequence number.
+    Accepted { seq: u64 },
+    /// Already in the ledger with the same body; nothing changed.
+    Duplicate { seq: u64 },
+    /// The id is already in the ledger with a different body; nothing changed. Reported.
+    Conflict { seq: u64 },
+    /// Rejected for good (e.g. unknown org); a retry gets the same rejection.
+    Rejected { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// For blank and membership entries, which carry no command.
+    None,
+    /// The command took effect (or, for an idempotent no-op, there was nothing to do).
+    Done {
+        config_version: u64,
+    },
+    /// Config upserted by `ApplyConfig`: how many entities changed.
+    Applied {
+        config_version: u64,
+        changed: u32,
+    },
+    Leases {
+        grants: Vec<crate::lease::Grant>,
+    },
+    Usage {
+        acks: Vec<UsageAck>,
+    },
+    Error(ApiError),
+}
+
+impl Outcome {
+    pub fn error(&self) -> Option<&ApiError> {
+        match self {
+            Outcome::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The usage ledger: one apply per batch checks the dedup index, appends each new record with the
+//! next sequence number and settles it into every bucket it falls under (LG-1, QL-1).
+
+use crate::lease::{Bucket, bucket_period};
+use crate::outcome::{Outcome, UsageAck};
+use crate::state::{State, Touched};
+use serde::{Deserialize, Serialize};
+use tollgate_types::error::ApiError;
+use tollgate_types::limits::{Dimension, Limit};
+use tollgate_types::usage::UsageRecord;
+
+/// Most records in one `RecordUsage`.
+pub const USAGE_BATCH_MAX: usize = 10_000;
+
+/// A ledger entry: the record, its sequence number and the store time it was applied at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub record: UsageRecord,
+}
+
+/// What the dedup index knows about a request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageIndex {
+    InLedger {
+        seq: u64,
+    },
+    /// Rejected for good: a retry gets the same answer.
+    Failed {
+        reason: String,
+    },
+}
+
+/// How much of a limit's dimension a record uses.
+fn usage_amount(dim: Dimension, r: &UsageRecord) -> Option<u64> {
+    match dim {
+        Dimension::RequestsPerMinute => Some(1),
+        Dimension::InputTokensPerMinute => Some(r.prompt_tokens),
+        Dimension::OutputTokensPerMinute => Some(r.completion_tokens),
+        Dimension::ConcurrentRequests => None,
+        Dimension::TokenBudget { .. } => Some(r.total_tokens()),
+        Dimension::MoneyBudget { .. } => Some(r.cost_micros),
+    }
+}
+
+fn applies_to(limit: &Limit, r: &UsageRecord) -> bool {
+    limit.scope.covers(&r.org, &r.project, &r.key)
+        && limit.model.as_ref().is_none_or(|m| m == &r.model)
+}
+
+impl State {
+    pub(crate) fn record_usage(
+        &mut self,
+        records: &[UsageRecord],
+        touched: &mut Touched,
+    ) -> Result<Outcome, ApiError> {
+        if records.len() > USAGE_BATCH_MAX {
+            return Err(ApiError::invalid(
+                "records",
+                format!("at most {USAGE_BATCH_MAX} usage records per batch"),
+            ));
+        }
+        self.release_expired(touched);
+        let acks = records
+            .iter()
+            .map(|r| self.record_one(r, touched))
+            .collect();
+        Ok(Outcome::Usage { acks })
+    }
+
+    fn record_one(&mut self, r: &UsageRecord, touched: &mut Touched) -> UsageAck {
+        match self.usage_index.get(&r.request_id) {
+            Some(UsageIndex::InLedger { seq }) => {
+                let same = self
+                    .ledger
+                    .get((*seq - 1) as usize)
+                    .is_some_and(|e| &e.record == r);
+                return if same {
+                    UsageAck::Duplicate { seq: *seq }
+                } else {
+                    UsageAck::Conflict { seq: *seq }
+                };
+            }
+            Some(UsageIndex::Failed { reason }) => {
+                return UsageAck::Rejected {
+                    reason: reason.clone(),
+                };
+            }
+            None => {}
+        }
+        if let Err(reason) = self.check_record(r) {
+            self.usage_index.insert(
+                r.request_id.clone(),
+                UsageIndex::Failed {
+                    reason: reason.clone(),
+                },
+            );
+            return UsageAck::Rejected { reason };
+        }
+        let seq = self.ledger.len() as u64 + 1;
+        self.ledger.push(LedgerEntry {
+            seq,
+            ts_ms: self.clock_ms,
+            record: r.clone(),
+        });
+        self.usage_index
+            .insert(r.request_id.clone(), UsageIndex::InLedger { seq });
+        self.settle_record(r, touched);
+        UsageAck::Accepted { seq }
+    }
+
+    fn check_record(&self, r: &UsageRecord) -> Result<(), String> {
+        if !self.orgs.contains_key(&r.org) {
+            return Err(format!("unknown org {}", r.org));
+        }
+        match self.keys.get(&r.key) {
+            Some(k) if k.org == r.org && k.project == r.project => Ok(()),
+            _ => Err(format!(
+                "key {} does not belong to org {} project {}",
+                r.key, r.org, r.project
+            )),
+        }
+    }
+
+    /// Settles a record into every bucket it falls under, drawing first on the gateway's lease.
+    fn settle_record(&mut self, r: &UsageRecord, touched: &mut Touched) {
+        let now = self.clock_ms;
+        let applicable: Vec<(tollgate_types::limits::LimitKey, u64, u64)> = self
+            .limits
+            .values()
+            .filter(|l| applies_to(l, r))
+            .filter_map(|l| usage_amount(l.dimension, r).map(|a| (l.key(), l.limit, a)))
+            .collect();
+        for (key, limit, amount) in applicable {
+            let bucket_id = (key.clone(), bucket_period(key.dimension, now));
+            let from_lease = self.draw_from_lease(&r.gateway, &bucket_id, amount);
+            let bucket = self
+                .buckets
+                .entry(bucket_id.clone())
+                .or_insert_with(|| Bucket {
+                    limit,
+                    ..Default::default()
+                });
+            bucket.held = bucket.held.saturating_sub(from_lease);
+            bucket.settle(amount);
+            touched.buckets.push(bucket_id);
+        }
+    }
+
+    fn draw_from_lease(
+        &mut self,
+        gateway: &str,
+        bucket_id: &crate::lease::BucketId,
+        amount: u64,
+    ) -> u64 {
+        let Some(id) = self
+            .leases
+            .by_holder
+            .get(&(gateway.to_owned(), bucket_id.clone()))
+        else {
+            return 0;
+        };
+        let Some(lease) = self.leases.by_id.get_mut(id) else {
+            return 0;
+        };
+        let take = amount.min(lease.remaining());
+        lease.settled += take;
+        take
+    }
+}

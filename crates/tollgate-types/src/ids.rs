@@ -1,0 +1,140 @@
+//! Validated identifiers. Every id that reaches the state machine went through `parse`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why an identifier was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} must not be empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is {len} characters long; the maximum is {max}")]
+    TooLong {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "{kind} '{value}' may only contain lowercase letters, digits, '-', '_' and '.', and must start with a letter or digit"
+    )]
+    BadChars { kind: &'static str, value: String },
+}
+
+/// Longest slug id, in bytes.
+pub const SLUG_BYTES_MAX: usize = 64;
+
+fn check_slug(kind: &'static str, value: &str, allow_upper_and_slash: bool) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if value.len() > SLUG_BYTES_MAX {
+        return Err(IdError::TooLong {
+            kind,
+            len: value.len(),
+            max: SLUG_BYTES_MAX,
+        });
+    }
+    let ok_char = |c: char| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || matches!(c, '-' | '_' | '.')
+            || (allow_upper_and_slash && (c.is_ascii_uppercase() || c == '/' || c == ':'))
+    };
+    let first_ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !value.chars().all(ok_char) {
+        return Err(IdError::BadChars {
+            kind,
+            value: value.chars().take(80).collect(),
+        });
+    }
+    Ok(())
+}
+
+macro_rules! slug_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $loose:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: &str) -> Result<Self, IdError> {
+                check_slug($kind, value, $loose)?;
+                Ok(Self(value.to_owned()))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                check_slug($kind, &value, $loose)?;
+                Ok(Self(value))
+            }
+        }
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+slug_id!(
+    /// An organization (tenant) id, e.g. `acme`.
+    OrgId, "org id", false
+);
+slug_id!(
+    /// A project id, unique within its org.
+    ProjectId, "project id", false
+);
+slug_id!(
+    /// A model name as clients send it, e.g. `gpt-4o-mini` or `meta-llama/Llama-3-8B`.
+    ModelName, "model name", true
+);
+slug_id!(
+    /// The public identifier of an API key (the start of its random part); never secret.
+    KeyId, "key id", true
+);
+slug_id!(
+    /// A request id: the `Idempotency-Key` scoped to the org, or a UUIDv7 the gateway assigned.
+    RequestId, "request id", true
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_accept_and_reject() {
+        assert!(OrgId::parse("acme-1").is_ok());
+        assert_eq!(OrgId::parse(""), Err(IdError::Empty { kind: "org id" }));
+        assert!(matches!(
+            OrgId::parse("Acme"),
+            Err(IdError::BadChars { .. })
+        ));
+        assert!(matches!(OrgId::parse("-x"), Err(IdError::BadChars { .. })));
+        assert!(matches!(
+            OrgId::parse(&"a".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
+        assert!(ModelName::parse("meta-llama/Llama-3-8B").is_ok());
+    }
+
+    #[test]
+    fn serde_validates() {
+        let bad: Result<OrgId, _> = serde_json::from_str("\"Bad Id\"");
+        assert!(bad.is_err());
+        let good: OrgId = serde_json::from_str("\"acme\"").expect("valid id");
+        assert_eq!(good.as_str(), "acme");
+    }
+}

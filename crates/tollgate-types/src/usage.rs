@@ -1,0 +1,44 @@
+//! The usage record: one completed (or failed) request, as a gateway reports it. It is both the
+//! settlement of a lease and the billing ledger entry.
+
+use crate::amount::{MicroUnits, Tokens};
+use crate::ids::{KeyId, ModelName, OrgId, ProjectId, RequestId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageStatus {
+    Completed,
+    ClientAborted,
+    UpstreamFailed,
+}
+
+/// A usage record as shipped by a gateway. `request_id` is its identity (LG-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecord {
+    pub request_id: RequestId,
+    pub org: OrgId,
+    pub project: ProjectId,
+    pub key: KeyId,
+    pub model: ModelName,
+    /// The gateway that served the request.
+    pub gateway: String,
+    pub prompt_tokens: Tokens,
+    pub completion_tokens: Tokens,
+    pub cost_micros: MicroUnits,
+    pub price_version: u64,
+    pub status: UsageStatus,
+    /// Gateway wall-clock times, informational only (never used by `apply`).
+    pub started_at_ms: u64,
+    pub ended_at_ms: u64,
+    /// Token counts were estimated by the gateway rather than reported by the upstream.
+    #[serde(default)]
+    pub estimated: bool,
+}
+
+impl UsageRecord {
+    pub fn total_tokens(&self) -> Tokens {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
