@@ -1,9 +1,9 @@
 //! Commands: everything that changes the state machine, each wrapped in a `Request` that carries
 //! its idempotency id, the leader's timestamp and the actor.
 
-use crate::doc::ConfigDoc;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use tollgate_types::config::ConfigDoc;
 use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, ModelDef, Org, OrgStatus, Project};
 use tollgate_types::limits::{Limit, LimitKey};
 use tollgate_types::secret::{ClusterSecret, Digest};

@@ -3,9 +3,10 @@
 //! record and bumps the config version.
 
 use crate::command::Command;
-use crate::doc::{ChangeKind, ConfigDoc, next_price_version};
+use crate::doc::{ChangeKind, next_price_version};
 use crate::outcome::Outcome;
 use crate::state::{Ctx, State, Touched, redacted_json};
+use tollgate_types::config::ConfigDoc;
 use tollgate_types::config::{
     AdminTokenRecord, ApiKeyRecord, KeyStatus, ModelDef, Org, Project, validate_name,
 };

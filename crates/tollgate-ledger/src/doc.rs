@@ -3,28 +3,8 @@
 
 use crate::state::State;
 use serde::{Deserialize, Serialize};
-use tollgate_types::config::{ModelDef, Org, Project};
+use tollgate_types::config::{CONFIG_DOC_ITEMS_MAX, CONFIG_DOC_VERSION, ConfigDoc, ModelDef};
 use tollgate_types::error::ApiError;
-use tollgate_types::limits::Limit;
-
-/// The only document version this build reads.
-pub const CONFIG_DOC_VERSION: u32 = 1;
-/// Most entities in one document.
-pub const CONFIG_DOC_ITEMS_MAX: usize = 10_000;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigDoc {
-    pub version: u32,
-    #[serde(default)]
-    pub orgs: Vec<Org>,
-    #[serde(default)]
-    pub projects: Vec<Project>,
-    #[serde(default)]
-    pub models: Vec<ModelDef>,
-    #[serde(default)]
-    pub limits: Vec<Limit>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,12 +22,6 @@ pub struct Change {
     pub target: String,
     pub before: Option<String>,
     pub after: String,
-}
-
-impl ConfigDoc {
-    pub fn item_count(&self) -> usize {
-        self.orgs.len() + self.projects.len() + self.models.len() + self.limits.len()
-    }
 }
 
 fn change<T: Serialize + PartialEq>(target: String, before: Option<&T>, after: &T) -> Change {

@@ -1,1 +1,6 @@
-//! placeholder
+//! A Tollgate quota-store node: openraft over sled with explicit fsync, a tonic network with one
+//! channel per peer, and the gRPC services for peers (Raft), operators (Admin) and gateways (Quota).
+
+pub mod codec;
+pub mod storage;
+pub mod types;

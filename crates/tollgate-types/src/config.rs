@@ -191,6 +191,32 @@ pub fn validate_name(param: &str, name: &str) -> Result<(), crate::error::ApiErr
     Ok(())
 }
 
+/// A declarative configuration document (`tollgate admin apply -f`): upserted atomically.
+/// The only document version this build reads.
+pub const CONFIG_DOC_VERSION: u32 = 1;
+/// Most entities in one document.
+pub const CONFIG_DOC_ITEMS_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDoc {
+    pub version: u32,
+    #[serde(default)]
+    pub orgs: Vec<Org>,
+    #[serde(default)]
+    pub projects: Vec<Project>,
+    #[serde(default)]
+    pub models: Vec<ModelDef>,
+    #[serde(default)]
+    pub limits: Vec<crate::limits::Limit>,
+}
+
+impl ConfigDoc {
+    pub fn item_count(&self) -> usize {
+        self.orgs.len() + self.projects.len() + self.models.len() + self.limits.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! so no `skip_serializing_if`, `flatten` or internally tagged enums (those need a self-describing
 //! format). `#[serde(default)]` is fine.
 
+pub mod admin;
 pub mod amount;
 pub mod config;
 pub mod error;

@@ -1,0 +1,177 @@
+//! The Raft log and vote in sled. Keys: `log` tree = big-endian index → encoded entry;
+//! `meta` tree = `vote`, `committed`, `last_purged`. Every write that openraft must be able to
+//! rely on (vote, append, truncate, purge) is synced before it is acknowledged.
+
+use super::durable::{Durable, ENTRY_BYTES_MAX, sled_err};
+use crate::codec::{decode, encode};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// Cloning shares the same trees: a reader sees every entry the writer appended.
+#[derive(Clone)]
+pub struct LogStore {
+    durable: Durable,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    pub fn open(durable: Durable) -> io::Result<LogStore> {
+        Ok(LogStore {
+            log: durable.tree("raft_log")?,
+            meta: durable.tree("raft_meta")?,
+            durable,
+        })
+    }
+
+    fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.meta.get(key).map_err(sled_err)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn meta_put<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
+        self.meta.insert(key, encode(value)?).map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
+        match self.log.last().map_err(sled_err)? {
+            Some((_, bytes)) => Ok(Some(decode::<Entry>(&bytes)?.log_id)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
+    match b {
+        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
+        let mut out = Vec::new();
+        for item in self.log.range(range) {
+            let (key, bytes) = item.map_err(sled_err)?;
+            let entry: Entry = decode(&bytes)?;
+            if key.as_ref() != entry.index().to_be_bytes() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "log entry stored under the wrong index",
+                ));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.meta_get(VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged: Option<LogId> = self.meta_get(LAST_PURGED)?;
+        let last = self.last_entry_log_id()?.or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.meta_put(VOTE, vote)?;
+        self.durable.sync().await
+    }
+
+    /// Not synced on its own: a lost `committed` only means fewer entries are re-applied at
+    /// startup; the next append's sync covers it.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.meta_put(COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.meta_get::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry)?;
+            if bytes.len() > ENTRY_BYTES_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "log entry {} is {} bytes; the maximum is {ENTRY_BYTES_MAX}",
+                        entry.index(),
+                        bytes.len()
+                    ),
+                ));
+            }
+            batch.insert(&entry.index().to_be_bytes(), bytes);
+        }
+        self.log.apply_batch(batch).map_err(sled_err)?;
+        let result = self.durable.sync().await;
+        let reported = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        callback.io_completed(reported);
+        result
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index() + 1);
+        self.remove_range(from..)?;
+        self.durable.sync().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.meta_put(LAST_PURGED, &log_id)?;
+        self.remove_range(..=log_id.index())?;
+        self.durable.sync().await
+    }
+}
+
+impl LogStore {
+    fn remove_range<R: RangeBounds<u64>>(&self, range: R) -> io::Result<()> {
+        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(range) {
+            let (key, _) = item.map_err(sled_err)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(sled_err)
+    }
+}

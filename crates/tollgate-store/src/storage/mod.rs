@@ -1,0 +1,12 @@
+//! Raft storage on sled with explicit durability: the log and vote (`LogStore`) and the state
+//! machine with its snapshots (`StateMachineStore`). Nothing is reported durable to openraft
+//! before `Durable::sync` (sled flush + fdatasync of sled's data file) returned.
+
+mod durable;
+mod log_store;
+mod sm_store;
+mod snapshot_file;
+
+pub use durable::{Durable, ENTRY_BYTES_MAX, sync_count};
+pub use log_store::LogStore;
+pub use sm_store::{SmData, SmHandle, StateMachineStore};
