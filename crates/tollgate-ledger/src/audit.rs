@@ -66,6 +66,11 @@ pub fn record_hash(prev_hash: &str, seq: u64, e: &AuditEntry<'_>) -> String {
     hex::encode(h.finalize())
 }
 
+/// Hex SHA-256 of arbitrary bytes (state digests compared across replicas).
+pub fn bytes_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Builds the next record after `prev` (or the first one).
 pub fn next_record(prev: Option<&AuditRecord>, e: AuditEntry<'_>) -> AuditRecord {
     let (seq, prev_hash) = match prev {

@@ -56,8 +56,17 @@ impl State {
         };
         self.audit_push(ctx.req, ctx.actor, action, &target, before, after);
         self.config_version += 1;
-        Ok(Outcome::Done {
-            config_version: self.config_version,
+        let config_version = self.config_version;
+        Ok(match &ctx.req.command {
+            Command::CreateKey(k) => Outcome::Created {
+                id: k.id.to_string(),
+                config_version,
+            },
+            Command::CreateAdminToken(t) => Outcome::Created {
+                id: t.id.to_string(),
+                config_version,
+            },
+            _ => Outcome::Done { config_version },
         })
     }
 

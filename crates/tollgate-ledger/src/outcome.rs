@@ -24,6 +24,11 @@ pub enum Outcome {
     Done {
         config_version: u64,
     },
+    /// A key or admin token was created under this id.
+    Created {
+        id: String,
+        config_version: u64,
+    },
     /// Config upserted by `ApplyConfig`: how many entities changed.
     Applied {
         config_version: u64,

@@ -2,5 +2,9 @@
 //! channel per peer, and the gRPC services for peers (Raft), operators (Admin) and gateways (Quota).
 
 pub mod codec;
+pub mod network;
+pub mod node;
+pub mod server;
+pub mod status;
 pub mod storage;
 pub mod types;

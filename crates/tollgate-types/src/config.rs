@@ -217,6 +217,20 @@ impl ConfigDoc {
     }
 }
 
+/// Everything a gateway needs to serve requests without a store round trip, shipped by the
+/// config watch stream and swapped atomically on the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayConfig {
+    pub version: u64,
+    /// The HMAC secret for API key digests.
+    pub secret: crate::secret::ClusterSecret,
+    pub orgs: Vec<Org>,
+    pub projects: Vec<Project>,
+    pub keys: Vec<ApiKeyRecord>,
+    pub models: Vec<ModelDef>,
+    pub limits: Vec<crate::limits::Limit>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,178 @@
+//! The Raft network: one long-lived tonic channel per peer (HTTP/2 multiplexed, reconnecting),
+//! with connect and per-RPC timeouts; snapshots stream as a header frame plus 1 MiB chunks.
+
+use crate::codec::{decode, encode};
+use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tollgate_proto::raft::{
+    RaftPayload, SnapshotFrame, raft_client::RaftClient, snapshot_frame::Frame,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Bytes per snapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest gRPC message between store nodes (a Raft append batch).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+const KEEPALIVE_MS: u64 = 5_000;
+
+/// Creates (and caches) one channel per peer address.
+#[derive(Clone, Default)]
+pub struct Network {
+    channels: Arc<Mutex<BTreeMap<NodeId, (String, Channel)>>>,
+}
+
+impl Network {
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut map = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((cached_addr, ch)) = map.get(&target)
+            && cached_addr == addr
+        {
+            return Ok(ch.clone());
+        }
+        let ch = peer_channel(addr)?;
+        map.insert(target, (addr.to_owned(), ch.clone()));
+        Ok(ch)
+    }
+}
+
+/// A lazily connecting channel to a peer's gRPC address (`host:port`).
+pub fn peer_channel(addr: &str) -> Result<Channel, String> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_MS))
+        .keep_alive_while_idle(true);
+    Ok(ep.connect_lazy())
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let client = self.channel(target, &node.addr).map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        });
+        PeerClient { target, client }
+    }
+}
+
+fn unreachable(msg: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(msg.to_string()))
+}
+
+fn status_error(target: NodeId, s: &tonic::Status) -> RPCError<TypeConfig> {
+    let msg = format!("node {target}: {} {}", s.code(), s.message());
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            unreachable(msg)
+        }
+        _ => RPCError::Network(NetworkError::from_string(msg)),
+    }
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    /// Decodes a peer's `Result<T, E>`; a remote error (the peer's Raft is shutting down or
+    /// failed) makes openraft back off like an unreachable peer.
+    fn decode_reply<T: serde::de::DeserializeOwned>(
+        &self,
+        data: &[u8],
+    ) -> Result<T, RPCError<TypeConfig>> {
+        let reply: Result<T, String> =
+            decode(data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        reply.map_err(|remote| unreachable(format!("node {}: {remote}", self.target)))
+    }
+}
+
+fn with_timeout<T>(mut req: tonic::Request<T>, option: &RPCOption) -> tonic::Request<T> {
+    req.set_timeout(option.soft_ttl());
+    req
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let req = with_timeout(tonic::Request::new(RaftPayload { data }), &option);
+        let resp = self
+            .client()?
+            .append_entries(req)
+            .await
+            .map_err(|s| status_error(self.target, &s))?;
+        self.decode_reply(&resp.into_inner().data)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let req = with_timeout(tonic::Request::new(RaftPayload { data }), &option);
+        let resp = self
+            .client()?
+            .vote(req)
+            .await
+            .map_err(|s| status_error(self.target, &s))?;
+        self.decode_reply(&resp.into_inner().data)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut frames = vec![SnapshotFrame {
+            frame: Some(Frame::Header(header)),
+        }];
+        frames.extend(
+            snapshot
+                .snapshot
+                .chunks(SNAPSHOT_CHUNK_BYTES)
+                .map(|c| SnapshotFrame {
+                    frame: Some(Frame::Chunk(c.to_vec())),
+                }),
+        );
+        let mut client = self.client()?;
+        let send = client.install_snapshot(tokio_stream::iter(frames));
+        let resp = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send => r.map_err(|s| StreamingError::from(status_error(self.target, &s)))?,
+        };
+        self.decode_reply(&resp.into_inner().data)
+            .map_err(StreamingError::from)
+    }
+}

@@ -1,0 +1,235 @@
+//! A running store node: opens storage, starts Raft and the gRPC server, initializes a new
+//! cluster from `initial_cluster` and proposes the bootstrap entry once a leader exists.
+
+use crate::network::{Network, PEER_MESSAGE_BYTES_MAX};
+use crate::server::NodeCtx;
+use crate::server::admin_svc::{AdminService, bootstrap_command};
+use crate::server::quota_svc::QuotaService;
+use crate::server::raft_svc::RaftService;
+use crate::storage::{Durable, LogStore, StateMachineStore};
+use crate::types::{NodeId, Raft};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tollgate_ledger::{Actor, Outcome};
+use tollgate_proto::{
+    admin::admin_server::AdminServer, quota::quota_server::QuotaServer,
+    raft::raft_server::RaftServer,
+};
+use tollgate_types::secret::{self, ClusterSecret};
+
+/// Largest admin or quota request (keeps every Raft entry below the storage limit).
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 2 << 20;
+const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < crate::storage::ENTRY_BYTES_MAX);
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    /// The address other nodes and clients use (defaults to `listen`).
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// `id -> address` of the founding members; `None` when joining an existing cluster.
+    pub initial_cluster: Option<BTreeMap<NodeId, String>>,
+    /// The first admin token; generated when `None`.
+    pub bootstrap_admin_token: Option<String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    pub snapshot_logs: u64,
+}
+
+impl StoreConfig {
+    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> StoreConfig {
+        StoreConfig {
+            node_id,
+            listen,
+            advertise: None,
+            data_dir,
+            initial_cluster: None,
+            bootstrap_admin_token: None,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_logs: 10_000,
+        }
+    }
+
+    fn raft_config(&self) -> anyhow::Result<Config> {
+        let cfg = Config {
+            cluster_name: "tollgate".to_owned(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.snapshot_logs.min(1_000),
+            purge_batch_size: 256,
+            ..Default::default()
+        };
+        Ok(cfg.validate()?)
+    }
+}
+
+/// What the node reports once started.
+pub struct StoreNode {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub raft: Raft,
+    pub ctx: NodeCtx,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    /// Resolves with the bootstrap admin token this node generated (written to the data dir).
+    pub bootstrap: Option<tokio::task::JoinHandle<anyhow::Result<Option<String>>>>,
+}
+
+impl StoreNode {
+    pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreNode> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let durable = Durable::open(&cfg.data_dir)?;
+        let log = LogStore::open(durable.clone())?;
+        let sm = StateMachineStore::open(&cfg.data_dir)?;
+        let handle = sm.handle();
+        let raft = Raft::new(
+            cfg.node_id,
+            std::sync::Arc::new(cfg.raft_config()?),
+            Network::default(),
+            log,
+            sm,
+        )
+        .await?;
+        let ctx = NodeCtx::new(cfg.node_id, raft.clone(), handle);
+
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(serve(listener, ctx.clone(), durable, rx));
+
+        let mut bootstrap = None;
+        if let Some(members) = &cfg.initial_cluster {
+            initialize(&raft, members).await?;
+            bootstrap = Some(tokio::spawn(bootstrap_when_leader(
+                ctx.clone(),
+                cfg.clone(),
+            )));
+        }
+        Ok(StoreNode {
+            id: cfg.node_id,
+            addr,
+            raft,
+            ctx,
+            shutdown: Some(tx),
+            server,
+            bootstrap,
+        })
+    }
+
+    /// Stops Raft and the server.
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+    }
+}
+
+async fn serve(listener: TcpListener, ctx: NodeCtx, durable: Durable, stop: oneshot::Receiver<()>) {
+    let raft_svc = RaftServer::new(RaftService::new(ctx.raft.clone()))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let admin = AdminServer::new(AdminService::new(ctx.clone(), durable))
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(64 << 20);
+    let quota = QuotaServer::new(QuotaService::new(ctx))
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(64 << 20);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .add_service(raft_svc)
+        .add_service(admin)
+        .add_service(quota)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "store gRPC server stopped");
+    }
+}
+
+/// Initializes Raft with the founding members on every founding node (identical member maps
+/// are allowed by openraft); a node that is already initialized keeps its state.
+async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        return Ok(());
+    }
+    let nodes: BTreeMap<NodeId, BasicNode> = members
+        .iter()
+        .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+        .collect();
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.api_error(),
+                Some(openraft::errors::InitializeError::NotAllowed(_))
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until some leader exists; if this node leads a cluster that has no bootstrap entry yet,
+/// proposes it. Writes the generated admin token to `<data-dir>/bootstrap-admin-token` (0600)
+/// only once the bootstrap entry is applied.
+async fn bootstrap_when_leader(ctx: NodeCtx, cfg: StoreConfig) -> anyhow::Result<Option<String>> {
+    let token = cfg
+        .bootstrap_admin_token
+        .clone()
+        .unwrap_or_else(|| secret::generate(secret::ADMIN_ENV));
+    loop {
+        if ctx.sm.read(|d| d.state.secret.is_some()) {
+            return Ok(None);
+        }
+        if ctx.raft.is_leader() {
+            let cmd = bootstrap_command(&token, ClusterSecret::generate())
+                .map_err(|s| anyhow::anyhow!(s.message().to_owned()))?;
+            let id = format!("bootstrap-{}", uuid::Uuid::new_v4());
+            if let Ok((Outcome::Done { .. }, _)) = ctx.write(id, Actor::System, cmd).await {
+                if cfg.bootstrap_admin_token.is_none() {
+                    write_token_file(&cfg.data_dir, &token)?;
+                }
+                return Ok(Some(token));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn write_token_file(dir: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("bootstrap-admin-token");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The node's gRPC services and what they share: the Raft handle, read access to the state
+//! machine, leader lookup, request stamping and error mapping.
+
+pub mod admin_svc;
+pub mod auth;
+pub mod errors;
+pub mod queries;
+pub mod quota_svc;
+pub mod raft_svc;
+
+use crate::storage::SmHandle;
+use crate::types::{NodeId, Raft};
+use errors::{api_status, not_leader};
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tollgate_ledger::{Actor, Command, Outcome, Request};
+use tollgate_types::error::{ApiError, ErrorCode};
+use tonic::Status;
+
+/// How long a client write or linearizable read may wait for Raft.
+pub const RAFT_OP_TIMEOUT_MS: u64 = 5_000;
+
+/// What every service of one node shares.
+#[derive(Clone)]
+pub struct NodeCtx {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: SmHandle,
+    last_ts: Arc<AtomicU64>,
+}
+
+impl NodeCtx {
+    pub fn new(id: NodeId, raft: Raft, sm: SmHandle) -> NodeCtx {
+        NodeCtx {
+            id,
+            raft,
+            sm,
+            last_ts: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The leader's store timestamp: wall clock, but never behind the state machine's clock or
+    /// the last stamp this node gave (so it never runs early after a leader change, SM-1).
+    pub fn stamp(&self) -> u64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let applied = self.sm.read(|d| d.state.clock_ms);
+        let floor = wall.max(applied);
+        self.last_ts.fetch_max(floor, Ordering::AcqRel).max(floor)
+    }
+
+    /// The leader's id and gRPC address, as this node currently knows them.
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let addr = m.current_leader.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
+        (m.current_leader, addr)
+    }
+
+    fn not_leader_status(&self) -> Status {
+        not_leader(self.leader().1)
+    }
+
+    /// Proposes a command through Raft and waits until it is applied here.
+    pub async fn write(
+        &self,
+        id: String,
+        actor: Actor,
+        command: Command,
+    ) -> Result<(Outcome, u64), Status> {
+        let req = Request {
+            id,
+            ts_ms: self.stamp(),
+            actor,
+            command,
+        };
+        let fut = self.raft.client_write(req);
+        let res = tokio::time::timeout(Duration::from_millis(RAFT_OP_TIMEOUT_MS), fut)
+            .await
+            .map_err(|_| {
+                api_status(ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the write did not commit in time; retry with the same request id",
+                ))
+            })?;
+        match res {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Err(e) if e.forward_to_leader().is_some() => Err(self.not_leader_status()),
+            Err(e) => Err(api_status(ApiError::new(
+                ErrorCode::StoreUnavailable,
+                format!("raft: {e}"),
+            ))),
+        }
+    }
+
+    /// Waits until this node (the leader) may serve a linearizable read (ReadIndex).
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        let res = tokio::time::timeout(Duration::from_millis(RAFT_OP_TIMEOUT_MS), fut)
+            .await
+            .map_err(|_| {
+                api_status(ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "no quorum confirmed the read in time",
+                ))
+            })?;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.forward_to_leader().is_some() => Err(self.not_leader_status()),
+            Err(e) => Err(api_status(ApiError::new(
+                ErrorCode::StoreUnavailable,
+                format!("raft: {e}"),
+            ))),
+        }
+    }
+}

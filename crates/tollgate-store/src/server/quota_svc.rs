@@ -1,0 +1,182 @@
+//! The Quota gRPC service gateways call: a config watch stream (full snapshot on every config
+//! version), lease acquisition and usage records. Until gateways get mTLS identities (gateway
+//! issue), callers authenticate with an admin token of the operator role.
+
+use super::NodeCtx;
+use super::auth::{admin_actor, authorize_read};
+use super::errors::{api_status, bad_json, not_leader};
+use futures::Stream;
+use std::pin::Pin;
+use tollgate_ledger::lease::{Return, Want};
+use tollgate_ledger::{Actor, Command, Outcome};
+use tollgate_proto::quota::*;
+use tollgate_types::config::GatewayConfig;
+use tollgate_types::error::{ApiError, ErrorCode};
+use tollgate_types::secret::Role;
+use tollgate_types::usage::UsageRecord;
+use tonic::{Request, Response, Status};
+
+/// Longest gateway id.
+pub const GATEWAY_ID_BYTES_MAX: usize = 64;
+
+pub struct QuotaService {
+    ctx: NodeCtx,
+}
+
+impl QuotaService {
+    pub fn new(ctx: NodeCtx) -> QuotaService {
+        QuotaService { ctx }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let actor = admin_actor(req, &self.ctx.sm)?;
+        authorize_read(&actor, &self.ctx.sm, Role::Operator)
+    }
+
+    fn gateway_actor(&self, id: &str) -> Result<Actor, Status> {
+        let ok = !id.is_empty()
+            && id.len() <= GATEWAY_ID_BYTES_MAX
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if !ok {
+            return Err(api_status(ApiError::invalid(
+                "gateway_id",
+                "gateway ids are 1-64 characters of [A-Za-z0-9-_.:]",
+            )));
+        }
+        if !self.ctx.raft.is_leader() {
+            return Err(not_leader(self.ctx.leader().1));
+        }
+        Ok(Actor::Gateway { id: id.to_owned() })
+    }
+
+    fn snapshot(&self) -> Option<ConfigSnapshot> {
+        let cfg = self.ctx.sm.read(|d| {
+            let s = &d.state;
+            Some(GatewayConfig {
+                version: s.config_version,
+                secret: s.secret.clone()?,
+                orgs: s.orgs.values().cloned().collect(),
+                projects: s.projects.values().cloned().collect(),
+                keys: s.keys.values().cloned().collect(),
+                models: s.models.values().cloned().collect(),
+                limits: s.limits.values().cloned().collect(),
+            })
+        })?;
+        let config_json = serde_json::to_vec(&cfg).ok()?;
+        Some(ConfigSnapshot {
+            version: cfg.version,
+            config_json,
+        })
+    }
+}
+
+fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, Status> {
+    match outcome {
+        Outcome::Error(e) => Err(api_status(e)),
+        Outcome::Leases { grants } => {
+            serde_json::to_vec(&grants).map_err(|e| Status::internal(e.to_string()))
+        }
+        Outcome::Usage { acks } => {
+            serde_json::to_vec(&acks).map_err(|e| Status::internal(e.to_string()))
+        }
+        other => Err(api_status(ApiError::new(
+            ErrorCode::Internal,
+            format!("unexpected outcome {other:?}"),
+        ))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    #[serde(default)]
+    wants: Vec<Want>,
+    #[serde(default)]
+    returns: Vec<Return>,
+}
+
+type ConfigStream = Pin<Box<dyn Stream<Item = Result<ConfigSnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl quota_server::Quota for QuotaService {
+    type WatchConfigStream = ConfigStream;
+
+    async fn watch_config(
+        &self,
+        req: Request<WatchConfigRequest>,
+    ) -> Result<Response<ConfigStream>, Status> {
+        self.authorize(&req)?;
+        let mut known = req.into_inner().known_version;
+        let mut rx = self.ctx.sm.subscribe_config();
+        let svc = QuotaService {
+            ctx: self.ctx.clone(),
+        };
+        let stream = async_stream_like(move |tx| async move {
+            loop {
+                if let Some(snap) = svc.snapshot()
+                    && snap.version != known
+                {
+                    known = snap.version;
+                    if tx.send(Ok(snap)).await.is_err() {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn acquire(
+        &self,
+        req: Request<AcquireRequest>,
+    ) -> Result<Response<AcquireResponse>, Status> {
+        self.authorize(&req)?;
+        let body = req.into_inner();
+        let actor = self.gateway_actor(&body.gateway_id)?;
+        let parsed: AcquireBody =
+            serde_json::from_slice(&body.body_json).map_err(|e| bad_json("body", &e))?;
+        let cmd = Command::Acquire {
+            gateway: body.gateway_id,
+            wants: parsed.wants,
+            returns: parsed.returns,
+        };
+        let (outcome, _) = self.ctx.write(body.request_id, actor, cmd).await?;
+        Ok(Response::new(AcquireResponse {
+            result_json: outcome_json(outcome)?,
+        }))
+    }
+
+    async fn record_usage(
+        &self,
+        req: Request<RecordUsageRequest>,
+    ) -> Result<Response<RecordUsageResponse>, Status> {
+        self.authorize(&req)?;
+        let body = req.into_inner();
+        let actor = self.gateway_actor(&body.gateway_id)?;
+        let records: Vec<UsageRecord> =
+            serde_json::from_slice(&body.records_json).map_err(|e| bad_json("records", &e))?;
+        let (outcome, _) = self
+            .ctx
+            .write(body.request_id, actor, Command::RecordUsage { records })
+            .await?;
+        Ok(Response::new(RecordUsageResponse {
+            acks_json: outcome_json(outcome)?,
+        }))
+    }
+}
+
+/// A bounded channel-backed stream driven by a producer task (ends when the client goes away).
+fn async_stream_like<F, Fut>(producer: F) -> ConfigStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<ConfigSnapshot, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(producer(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

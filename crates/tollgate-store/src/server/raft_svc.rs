@@ -1,0 +1,95 @@
+//! Server side of the Raft RPCs: decode, hand to openraft, encode `Result<reply, String>`.
+
+use crate::codec::{decode, encode};
+use crate::types::{Raft, Snapshot, SnapshotMeta, Vote};
+use futures::StreamExt;
+use tollgate_proto::raft::{RaftPayload, SnapshotFrame, raft_server, snapshot_frame::Frame};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest snapshot a node accepts.
+pub const SNAPSHOT_BYTES_MAX: usize = 4 << 30;
+
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> RaftService {
+        RaftService { raft }
+    }
+}
+
+fn reply<T: serde::Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<RaftPayload>, Status> {
+    let r = r.map_err(|e| e.to_string());
+    let data = encode(&r).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+fn bad(e: std::io::Error) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        reply(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad)?;
+        reply(self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotFrame>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut frames = req.into_inner();
+        let header = match frames.next().await {
+            Some(Ok(SnapshotFrame {
+                frame: Some(Frame::Header(h)),
+            })) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a snapshot stream must start with its header",
+                ));
+            }
+        };
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&header).map_err(bad)?;
+        let mut data = Vec::new();
+        while let Some(frame) = frames.next().await {
+            match frame?.frame {
+                Some(Frame::Chunk(c)) if data.len() + c.len() <= SNAPSHOT_BYTES_MAX => {
+                    data.extend_from_slice(&c)
+                }
+                Some(Frame::Chunk(_)) => {
+                    return Err(Status::resource_exhausted(
+                        "snapshot larger than this node accepts",
+                    ));
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "only chunks may follow a snapshot header",
+                    ));
+                }
+            }
+        }
+        reply(
+            self.raft
+                .install_full_snapshot(
+                    vote,
+                    Snapshot {
+                        meta,
+                        snapshot: data,
+                    },
+                )
+                .await,
+        )
+    }
+}

@@ -1,0 +1,80 @@
+//! Command-line interface: subcommands and the shared connection flags.
+
+mod admin_cmd;
+mod cluster_cmd;
+mod dev_cmd;
+mod limit_args;
+mod output;
+mod store_cmd;
+
+use clap::{Args, Parser, Subcommand};
+use tollgate_client::StoreClient;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Gateway and quota control plane for AI model serving"
+)]
+pub struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `tollgate_store=debug`.
+    #[arg(long, global = true, env = "TOLLGATE_LOG")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a local Tollgate with no configuration: a store node seeded with a demo tenant.
+    Dev(dev_cmd::DevArgs),
+    /// Run a quota-store node.
+    Store(store_cmd::StoreArgs),
+    /// Manage orgs, projects, keys, models, limits, admin tokens and the audit log.
+    Admin(admin_cmd::AdminArgs),
+    /// Inspect and change the store cluster's membership.
+    Cluster(cluster_cmd::ClusterArgs),
+}
+
+/// How to reach the store.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Store node addresses (host:port), comma separated; the leader is found from any of them.
+    #[arg(long, env = "TOLLGATE_STORE", value_delimiter = ',', global = true)]
+    pub store: Vec<String>,
+    /// Admin token (tg_admin_…).
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub output: output::Format,
+}
+
+impl Conn {
+    pub fn client(&self) -> anyhow::Result<StoreClient> {
+        Ok(StoreClient::new(self.store.clone(), self.token.clone())?)
+    }
+}
+
+pub fn init_tracing(filter: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(a) => dev_cmd::run(a).await,
+        Command::Store(a) => store_cmd::run(a).await,
+        Command::Admin(a) => admin_cmd::run(a).await,
+        Command::Cluster(a) => cluster_cmd::run(a).await,
+    }
+}

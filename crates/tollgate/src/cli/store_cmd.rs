@@ -1,0 +1,117 @@
+//! `tollgate store`: run one quota-store node until Ctrl-C / SIGTERM.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tollgate_client::StoreClient;
+use tollgate_store::node::{StoreConfig, StoreNode};
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// This node's id: unique, never reused for another node (even after removal).
+    #[arg(long)]
+    pub node_id: u64,
+    /// Address to serve Raft, admin and quota gRPC on.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Address other nodes reach this one at (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory for the Raft log, vote, snapshots (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Founding members, `1=127.0.0.1:7001,2=…`, given identically to each founding node.
+    #[arg(long, conflicts_with = "join")]
+    pub initial_cluster: Option<String>,
+    /// Join an existing cluster through this member (needs an admin token with the admin role).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// First admin token of a new cluster (tg_admin_…); generated and written to
+    /// <data-dir>/bootstrap-admin-token when absent.
+    #[arg(long, env = "TOLLGATE_BOOTSTRAP_ADMIN_TOKEN", hide_env_values = true)]
+    pub bootstrap_admin_token: Option<String>,
+    /// Admin token used by --join.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Snapshot (and purge the log) every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("'{part}' is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("node id '{id}' is not a number"))?;
+        let addr = addr.trim();
+        addr.parse::<SocketAddr>()
+            .with_context(|| format!("'{addr}' is not a host:port socket address"))?;
+        if out.insert(id, addr.to_owned()).is_some() {
+            bail!("node id {id} appears twice in --initial-cluster");
+        }
+    }
+    if out.is_empty() {
+        bail!("--initial-cluster lists no members");
+    }
+    Ok(out)
+}
+
+impl StoreArgs {
+    fn config(&self) -> anyhow::Result<StoreConfig> {
+        let mut cfg = StoreConfig::new(self.node_id, self.listen, self.data_dir.clone());
+        cfg.advertise = self.advertise.clone();
+        cfg.bootstrap_admin_token = self.bootstrap_admin_token.clone();
+        cfg.snapshot_logs = self.snapshot_logs.max(10);
+        if let Some(ic) = &self.initial_cluster {
+            let members = parse_members(ic)?;
+            if !members.contains_key(&self.node_id) {
+                bail!(
+                    "--initial-cluster does not contain this node's id {}",
+                    self.node_id
+                );
+            }
+            cfg.initial_cluster = Some(members);
+        }
+        Ok(cfg)
+    }
+}
+
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    let node = StoreNode::start(cfg)
+        .await
+        .context("starting the store node")?;
+    eprintln!("tollgate store: node {} serving on {}", node.id, node.addr);
+    if let Some(join) = &args.join {
+        let advertise = args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| node.addr.to_string());
+        let client = StoreClient::new(vec![join.clone()], args.token.clone())?;
+        let _: serde_json::Value = client
+            .add_node(node.id, &advertise)
+            .await
+            .context("joining the cluster")?;
+        eprintln!("tollgate store: node {} joined through {join}", node.id);
+    }
+    wait_for_signal().await;
+    eprintln!("tollgate store: shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+pub async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
