@@ -110,8 +110,8 @@ pub fn verify_chain(
     records: &[AuditRecord],
 ) -> Result<u64, ChainError> {
     let mut prev_hash = anchor.map_or(GENESIS_HASH.to_owned(), |a| a.hash.clone());
-    let mut expected = anchor.map_or(1, |a| a.seq + 1);
-    for r in records {
+    let first = anchor.map_or(1, |a| a.seq + 1);
+    for (expected, r) in (first..).zip(records) {
         if r.seq != expected {
             return Err(ChainError::Gap {
                 seq: r.seq,
@@ -137,7 +137,6 @@ pub fn verify_chain(
             return Err(ChainError::BadHash { seq: r.seq });
         }
         prev_hash = r.hash.clone();
-        expected += 1;
     }
     Ok(records.len() as u64)
 }

@@ -69,7 +69,7 @@ impl StoreConfig {
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.snapshot_logs.min(1_000),
-            purge_batch_size: 256,
+            purge_batch_size: (self.snapshot_logs / 4).clamp(1, 256),
             ..Default::default()
         };
         Ok(cfg.validate()?)

@@ -31,6 +31,8 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     pub config_version: u64,
     pub ledger_len: u64,
+    /// SHA-256 of this replica's state at `applied_index` (equal on replicas at equal index).
+    pub state_digest: String,
     /// Durable syncs (flush + fdatasync) this node's process completed.
     pub fsyncs: u64,
     pub disk_bytes: u64,
@@ -64,8 +66,11 @@ pub fn cluster_status(id: u64, raft: &Raft, sm: &SmHandle, durable: &Durable) ->
             }
         })
         .collect();
-    let (config_version, ledger_len) =
-        sm.read(|d| (d.state.config_version, d.state.ledger.len() as u64));
+    // read together under one lock, so the digest is the state at exactly `applied_index`
+    let (applied_index, config_version, ledger_len, state_digest) = sm.read(|d| {
+        let digest = crate::server::queries::state_digest(&d.state);
+        (d.last_applied.map(|l| l.index), d.state.config_version, d.state.ledger.len() as u64, digest)
+    });
     ClusterStatus {
         node_id: id,
         state: format!("{:?}", m.state),
@@ -73,12 +78,13 @@ pub fn cluster_status(id: u64, raft: &Raft, sm: &SmHandle, durable: &Durable) ->
         term: m.current_term,
         last_log_index: m.last_log_index,
         committed_index: m.local_committed.map(|l| l.index),
-        applied_index: m.last_applied.map(|l| l.index),
+        applied_index,
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         members,
         config_version,
         ledger_len,
+        state_digest,
         fsyncs: sync_count(),
         disk_bytes: durable.size_on_disk(),
     }

@@ -1,0 +1,231 @@
+//! Test harness for black-box tests: starts `tollgate` processes on loopback ports, each with
+//! its own data dir and log file, kills them by PID (`kill -9` for crashes), and always stops
+//! every process it started when dropped.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tollgate_client::StoreClient;
+use tollgate_types::admin::{AdminOp, AdminWriteResult};
+use tollgate_types::config::{Org, OrgStatus};
+use tollgate_types::secret;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+/// Upper bound for a cluster to converge in a test (never a performance assertion).
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A free loopback port (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct StoreProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl StoreProc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("open node log");
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env("TOLLGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tollgate store");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the process gets no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for StoreProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<StoreProc>,
+    pub token: String,
+}
+
+impl Cluster {
+    /// Starts `n` founding nodes with ids 1..=n.
+    pub fn start(n: u64, snapshot_logs: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = secret::generate(secret::ADMIN_ENV);
+        let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let initial = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+        let mut cluster = Cluster { dir, nodes: Vec::new(), token };
+        for (id, addr) in &addrs {
+            let extra = vec!["--initial-cluster".to_owned(), initial.clone()];
+            cluster.add_proc(*id, addr, extra, snapshot_logs);
+        }
+        cluster
+    }
+
+    /// Spawns a node process (not yet a member unless `extra` says so).
+    pub fn add_proc(&mut self, id: u64, addr: &str, extra: Vec<String>, snapshot_logs: u64) -> usize {
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let mut args: Vec<String> = vec![
+            "store".into(),
+            "--node-id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.to_owned(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--bootstrap-admin-token".into(),
+            self.token.clone(),
+            "--snapshot-logs".into(),
+            snapshot_logs.to_string(),
+        ];
+        args.extend(extra);
+        let mut p = StoreProc { id, addr: addr.to_owned(), data_dir, args, child: None };
+        p.spawn();
+        self.nodes.push(p);
+        self.nodes.len() - 1
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().filter(|n| n.is_running()).map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> StoreClient {
+        StoreClient::new(self.addrs(), Some(self.token.clone())).expect("client")
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut StoreProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node exists")
+    }
+
+    /// One node's own status (not redirected), if it answers.
+    pub async fn status_of(&self, addr: &str) -> Option<Value> {
+        let c = StoreClient::new(vec![addr.to_owned()], Some(self.token.clone())).ok()?;
+        c.node_status(Some(addr)).await.ok()
+    }
+
+    /// Waits until a leader is elected and the cluster is bootstrapped (an admin read works).
+    pub async fn wait_ready(&self) -> u64 {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let c = self.client();
+            if c.read::<Value>(&tollgate_types::admin::AdminQuery::ListOrgs).await.is_ok()
+                && let Ok(s) = c.leader_status::<Value>().await
+                && let Some(l) = s["leader"].as_u64()
+            {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "cluster not ready in time; logs:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every running node applied the same index and reports the same state
+    /// digest; returns (applied index, digest).
+    pub async fn wait_converged(&self) -> (u64, String) {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let mut seen = Vec::new();
+            for addr in self.addrs() {
+                seen.push(self.status_of(&addr).await);
+            }
+            let all: Option<Vec<(u64, String)>> = seen
+                .iter()
+                .map(|s| s.as_ref().and_then(|s| Some((s["applied_index"].as_u64()?, s["state_digest"].as_str()?.to_owned()))))
+                .collect();
+            if let Some(all) = all
+                && !all.is_empty()
+                && all.iter().all(|x| *x == all[0])
+            {
+                return all[0].clone();
+            }
+            assert!(Instant::now() < deadline, "replicas did not converge: {seen:?}\nlogs:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn leader_id(&self) -> u64 {
+        self.client().leader_status::<Value>().await.expect("leader status")["leader"].as_u64().expect("a leader")
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, tail(&n.log(), 30))).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn org_op(id: &str) -> AdminOp {
+    AdminOp::CreateOrg(Org {
+        id: tollgate_types::OrgId::parse(id).expect("org id"),
+        name: id.to_owned(),
+        status: OrgStatus::Active,
+        tier: 0,
+    })
+}
+
+/// Creates orgs `{prefix}-{i}` for i in range; returns the ids the store acknowledged.
+pub async fn create_orgs(client: &StoreClient, prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in range {
+        let id = format!("{prefix}-{i}");
+        let r: Result<AdminWriteResult, _> = client.write_with_id(format!("create-{id}"), &org_op(&id)).await;
+        r.unwrap_or_else(|e| panic!("write {id} failed: {e}"));
+        acked.push(id);
+    }
+    acked
+}
+
+/// The org ids the leader returns (a linearizable read).
+pub async fn org_ids(client: &StoreClient) -> Vec<String> {
+    let v: Value = client.read(&tollgate_types::admin::AdminQuery::ListOrgs).await.expect("list orgs");
+    v.as_array().expect("array").iter().filter_map(|o| o["id"].as_str().map(str::to_owned)).collect()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
