@@ -26,7 +26,10 @@ async fn three_nodes_elect_survive_leader_kill_and_the_killed_node_catches_up() 
     c.node(leader).restart();
     acked.extend(create_orgs(&c.client(), "after", 0..5).await);
     let (applied, _) = c.wait_converged().await;
-    assert!(applied > 45, "all writes applied everywhere (applied index {applied})");
+    assert!(
+        applied > 45,
+        "all writes applied everywhere (applied index {applied})"
+    );
 
     let ids: BTreeSet<String> = org_ids(&c.client()).await.into_iter().collect();
     for id in &acked {
@@ -47,18 +50,31 @@ async fn a_node_added_later_catches_up_from_a_snapshot() {
     let addr = format!("127.0.0.1:{}", free_port());
     c.add_proc(4, &addr, vec![], 20);
     let joined: Value = c.client().add_node(4, &addr).await.expect("add node 4");
-    assert!(joined["members"].as_array().is_some_and(|m| m.iter().any(|m| m["id"] == 4 && m["voter"] == true)), "{joined}");
+    assert!(
+        joined["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["id"] == 4 && m["voter"] == true)),
+        "{joined}"
+    );
 
     let (_, digest) = c.wait_converged().await;
     let s4 = c.status_of(&addr).await.expect("node 4 status");
     assert_eq!(s4["state_digest"].as_str(), Some(digest.as_str()));
-    assert!(s4["snapshot_index"].as_u64().unwrap_or(0) >= purged, "node 4 installed a snapshot: {s4}");
+    assert!(
+        s4["snapshot_index"].as_u64().unwrap_or(0) >= purged,
+        "node 4 installed a snapshot: {s4}"
+    );
     let ids: BTreeSet<String> = org_ids(&c.client()).await.into_iter().collect();
     assert!(acked.iter().all(|id| ids.contains(id)));
 
     // and it can be removed again
     let after: Value = c.client().remove_node(4).await.expect("remove node 4");
-    assert!(!after["members"].as_array().is_some_and(|m| m.iter().any(|m| m["id"] == 4)), "{after}");
+    assert!(
+        !after["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["id"] == 4)),
+        "{after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +101,10 @@ async fn kill_every_node_during_writes_and_every_acknowledged_write_survives() {
         let mut acked = Vec::new();
         for i in 0..10_000u32 {
             let id = format!("w-{i}");
-            match client.write_with_id(format!("create-{id}"), &harness::org_op(&id)).await {
+            match client
+                .write_with_id(format!("create-{id}"), &harness::org_op(&id))
+                .await
+            {
                 Ok(_) => acked.push(id),
                 Err(_) => break, // the cluster is gone: stop at the first failure
             }
@@ -97,7 +116,11 @@ async fn kill_every_node_during_writes_and_every_acknowledged_write_survives() {
         c.node(id).kill9();
     }
     let acked = writer.await.expect("writer");
-    assert!(acked.len() > 5, "the writer got acknowledgements before the crash ({})", acked.len());
+    assert!(
+        acked.len() > 5,
+        "the writer got acknowledgements before the crash ({})",
+        acked.len()
+    );
 
     for id in 1..=3 {
         c.node(id).restart();
@@ -106,7 +129,10 @@ async fn kill_every_node_during_writes_and_every_acknowledged_write_survives() {
     c.wait_converged().await;
     let ids: BTreeSet<String> = org_ids(&c.client()).await.into_iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|id| !ids.contains(*id)).collect();
-    assert!(lost.is_empty(), "acknowledged writes lost after crash: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost after crash: {lost:?}"
+    );
     // the restarted cluster takes writes, and each acknowledged write was fsynced on the leader
     create_orgs(&c.client(), "post-crash", 0..5).await;
     let status: Value = c.client().leader_status().await.expect("status");

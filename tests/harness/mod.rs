@@ -94,9 +94,19 @@ impl Cluster {
     pub fn start(n: u64, snapshot_logs: u64) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = secret::generate(secret::ADMIN_ENV);
-        let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
-        let initial = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { dir, nodes: Vec::new(), token };
+        let addrs: BTreeMap<u64, String> = (1..=n)
+            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let initial = addrs
+            .iter()
+            .map(|(i, a)| format!("{i}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir,
+            nodes: Vec::new(),
+            token,
+        };
         for (id, addr) in &addrs {
             let extra = vec!["--initial-cluster".to_owned(), initial.clone()];
             cluster.add_proc(*id, addr, extra, snapshot_logs);
@@ -105,7 +115,13 @@ impl Cluster {
     }
 
     /// Spawns a node process (not yet a member unless `extra` says so).
-    pub fn add_proc(&mut self, id: u64, addr: &str, extra: Vec<String>, snapshot_logs: u64) -> usize {
+    pub fn add_proc(
+        &mut self,
+        id: u64,
+        addr: &str,
+        extra: Vec<String>,
+        snapshot_logs: u64,
+    ) -> usize {
         let data_dir = self.dir.path().join(format!("node-{id}"));
         let mut args: Vec<String> = vec![
             "store".into(),
@@ -121,14 +137,24 @@ impl Cluster {
             snapshot_logs.to_string(),
         ];
         args.extend(extra);
-        let mut p = StoreProc { id, addr: addr.to_owned(), data_dir, args, child: None };
+        let mut p = StoreProc {
+            id,
+            addr: addr.to_owned(),
+            data_dir,
+            args,
+            child: None,
+        };
         p.spawn();
         self.nodes.push(p);
         self.nodes.len() - 1
     }
 
     pub fn addrs(&self) -> Vec<String> {
-        self.nodes.iter().filter(|n| n.is_running()).map(|n| n.addr.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.addr.clone())
+            .collect()
     }
 
     pub fn client(&self) -> StoreClient {
@@ -136,7 +162,10 @@ impl Cluster {
     }
 
     pub fn node(&mut self, id: u64) -> &mut StoreProc {
-        self.nodes.iter_mut().find(|n| n.id == id).expect("node exists")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("node exists")
     }
 
     /// One node's own status (not redirected), if it answers.
@@ -150,13 +179,19 @@ impl Cluster {
         let deadline = Instant::now() + CONVERGE_TIMEOUT;
         loop {
             let c = self.client();
-            if c.read::<Value>(&tollgate_types::admin::AdminQuery::ListOrgs).await.is_ok()
+            if c.read::<Value>(&tollgate_types::admin::AdminQuery::ListOrgs)
+                .await
+                .is_ok()
                 && let Ok(s) = c.leader_status::<Value>().await
                 && let Some(l) = s["leader"].as_u64()
             {
                 return l;
             }
-            assert!(Instant::now() < deadline, "cluster not ready in time; logs:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ready in time; logs:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -172,7 +207,14 @@ impl Cluster {
             }
             let all: Option<Vec<(u64, String)>> = seen
                 .iter()
-                .map(|s| s.as_ref().and_then(|s| Some((s["applied_index"].as_u64()?, s["state_digest"].as_str()?.to_owned()))))
+                .map(|s| {
+                    s.as_ref().and_then(|s| {
+                        Some((
+                            s["applied_index"].as_u64()?,
+                            s["state_digest"].as_str()?.to_owned(),
+                        ))
+                    })
+                })
                 .collect();
             if let Some(all) = all
                 && !all.is_empty()
@@ -180,17 +222,30 @@ impl Cluster {
             {
                 return all[0].clone();
             }
-            assert!(Instant::now() < deadline, "replicas did not converge: {seen:?}\nlogs:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge: {seen:?}\nlogs:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     pub async fn leader_id(&self) -> u64 {
-        self.client().leader_status::<Value>().await.expect("leader status")["leader"].as_u64().expect("a leader")
+        self.client()
+            .leader_status::<Value>()
+            .await
+            .expect("leader status")["leader"]
+            .as_u64()
+            .expect("a leader")
     }
 
     pub fn logs(&self) -> String {
-        self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, tail(&n.log(), 30))).collect::<Vec<_>>().join("\n")
+        self.nodes
+            .iter()
+            .map(|n| format!("--- node {} ---\n{}", n.id, tail(&n.log(), 30)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -209,11 +264,17 @@ pub fn org_op(id: &str) -> AdminOp {
 }
 
 /// Creates orgs `{prefix}-{i}` for i in range; returns the ids the store acknowledged.
-pub async fn create_orgs(client: &StoreClient, prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+pub async fn create_orgs(
+    client: &StoreClient,
+    prefix: &str,
+    range: std::ops::Range<u32>,
+) -> Vec<String> {
     let mut acked = Vec::new();
     for i in range {
         let id = format!("{prefix}-{i}");
-        let r: Result<AdminWriteResult, _> = client.write_with_id(format!("create-{id}"), &org_op(&id)).await;
+        let r: Result<AdminWriteResult, _> = client
+            .write_with_id(format!("create-{id}"), &org_op(&id))
+            .await;
         r.unwrap_or_else(|e| panic!("write {id} failed: {e}"));
         acked.push(id);
     }
@@ -222,8 +283,15 @@ pub async fn create_orgs(client: &StoreClient, prefix: &str, range: std::ops::Ra
 
 /// The org ids the leader returns (a linearizable read).
 pub async fn org_ids(client: &StoreClient) -> Vec<String> {
-    let v: Value = client.read(&tollgate_types::admin::AdminQuery::ListOrgs).await.expect("list orgs");
-    v.as_array().expect("array").iter().filter_map(|o| o["id"].as_str().map(str::to_owned)).collect()
+    let v: Value = client
+        .read(&tollgate_types::admin::AdminQuery::ListOrgs)
+        .await
+        .expect("list orgs");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|o| o["id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 pub fn path_str(p: &Path) -> String {

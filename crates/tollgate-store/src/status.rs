@@ -69,7 +69,12 @@ pub fn cluster_status(id: u64, raft: &Raft, sm: &SmHandle, durable: &Durable) ->
     // read together under one lock, so the digest is the state at exactly `applied_index`
     let (applied_index, config_version, ledger_len, state_digest) = sm.read(|d| {
         let digest = crate::server::queries::state_digest(&d.state);
-        (d.last_applied.map(|l| l.index), d.state.config_version, d.state.ledger.len() as u64, digest)
+        (
+            d.last_applied.map(|l| l.index),
+            d.state.config_version,
+            d.state.ledger.len() as u64,
+            digest,
+        )
     });
     ClusterStatus {
         node_id: id,

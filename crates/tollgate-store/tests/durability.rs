@@ -28,17 +28,29 @@ async fn every_acknowledged_write_is_synced_and_survives_reopen() {
             let before = sync_count();
             let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
             let entries = vec![blank_ent::<TypeConfig>(1, 1, i)];
-            log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+            log.append(entries, IOFlushed::signal(tx))
+                .await
+                .expect("append");
             let reported = rx.await.expect("callback fired");
             assert!(reported.is_ok());
-            assert!(sync_count() > before, "append {i} was acknowledged without a sync");
+            assert!(
+                sync_count() > before,
+                "append {i} was acknowledged without a sync"
+            );
         }
 
         let before = sync_count();
-        log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 4))).await.expect("truncate");
-        assert!(sync_count() > before, "truncate_after returned without a sync");
+        log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 4)))
+            .await
+            .expect("truncate");
+        assert!(
+            sync_count() > before,
+            "truncate_after returned without a sync"
+        );
         let before = sync_count();
-        log.purge(log_id::<TypeConfig>(1, 1, 2)).await.expect("purge");
+        log.purge(log_id::<TypeConfig>(1, 1, 2))
+            .await
+            .expect("purge");
         assert!(sync_count() > before, "purge returned without a sync");
     }
     // reopen: the state is exactly what was acknowledged
@@ -48,5 +60,8 @@ async fn every_acknowledged_write_is_synced_and_survives_reopen() {
     let indexes: Vec<u64> = entries.iter().map(|e| e.index()).collect();
     assert_eq!(indexes, vec![3, 4]);
     let state = log.get_log_state().await.expect("state");
-    assert_eq!(state.last_purged_log_id, Some(log_id::<TypeConfig>(1, 1, 2)));
+    assert_eq!(
+        state.last_purged_log_id,
+        Some(log_id::<TypeConfig>(1, 1, 2))
+    );
 }
