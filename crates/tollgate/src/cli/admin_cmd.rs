@@ -483,11 +483,14 @@ async fn token(client: &StoreClient, f: Format, c: TokenCmd) -> anyhow::Result<(
     }
 }
 
-/// Reads a config document; YAML is a superset of JSON, so one parser serves both.
+/// Reads a config document (YAML or JSON). YAML is read into a JSON value first so enums use
+/// the same `{variant: {...}}` maps in both formats (no YAML `!tags`).
 pub fn read_doc(file: &PathBuf) -> anyhow::Result<ConfigDoc> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    serde_yaml::from_str(&text)
+    let value: serde_json::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not valid YAML or JSON", file.display()))?;
+    serde_json::from_value(value)
         .with_context(|| format!("{} is not a valid config document", file.display()))
 }
 
