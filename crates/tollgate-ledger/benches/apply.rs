@@ -1,1 +1,122 @@
-fn main() {}
+//! Criterion benchmarks of `State::apply`: one usage record, a batch of 100, and a lease acquire,
+//! on a state with an org, a project, a key and three limits that every record settles into.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use tollgate_ledger::lease::Want;
+use tollgate_ledger::{Actor, Command, Request, State};
+use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, KeyStatus, Org, OrgStatus, Project};
+use tollgate_types::limits::{Dimension, FailPolicy, Limit, LimitKey, Period, Scope};
+use tollgate_types::secret::{ClusterSecret, Role};
+use tollgate_types::usage::{UsageRecord, UsageStatus};
+
+fn id<T: TryFrom<String>>(s: &str) -> T
+where
+    T::Error: std::fmt::Debug,
+{
+    T::try_from(s.to_owned()).expect("valid id")
+}
+
+fn req(n: &mut u64, command: Command) -> Request {
+    *n += 1;
+    Request { id: format!("r{n}"), ts_ms: 1_700_000_000_000 + *n, actor: Actor::System, command }
+}
+
+fn limit(dimension: Dimension, value: u64) -> Limit {
+    Limit { scope: Scope::Org { org: id("acme") }, model: None, dimension, limit: value, burst: 0, fail_policy: FailPolicy::Strict, shadow: false }
+}
+
+fn setup() -> (State, u64) {
+    let secret = ClusterSecret::generate();
+    let admin = AdminTokenRecord { id: id("admin_x"), name: "x".into(), role: Role::Admin, digest: secret.digest("x"), revoked: false, created_at_ms: 0 };
+    let key = ApiKeyRecord {
+        id: id("live_k"),
+        org: id("acme"),
+        project: id("web"),
+        name: "k".into(),
+        digest: secret.digest("k"),
+        status: KeyStatus::Active,
+        allowed_models: vec![],
+        expires_at_ms: None,
+        created_at_ms: 0,
+    };
+    let mut s = State::default();
+    let mut n = 0;
+    let cmds = vec![
+        Command::Bootstrap { secret: secret.clone(), admin },
+        Command::CreateOrg(Org { id: id("acme"), name: "A".into(), status: OrgStatus::Active, tier: 0 }),
+        Command::CreateProject(Project { org: id("acme"), id: id("web"), name: "W".into() }),
+        Command::CreateKey(key),
+        Command::PutLimit(limit(Dimension::RequestsPerMinute, u64::MAX >> 12)),
+        Command::PutLimit(limit(Dimension::TokenBudget { period: Period::Month }, u64::MAX >> 12)),
+        Command::PutLimit(limit(Dimension::MoneyBudget { period: Period::Month }, u64::MAX >> 12)),
+    ];
+    for c in cmds {
+        let r = req(&mut n, c);
+        s.apply(&r).expect("setup applies");
+    }
+    (s, n)
+}
+
+fn record(i: u64) -> UsageRecord {
+    UsageRecord {
+        request_id: id(&format!("req-{i}")),
+        org: id("acme"),
+        project: id("web"),
+        key: id("live_k"),
+        model: id("m"),
+        gateway: "gw1".into(),
+        prompt_tokens: 120,
+        completion_tokens: 380,
+        cost_micros: 250,
+        price_version: 1,
+        status: UsageStatus::Completed,
+        started_at_ms: 0,
+        ended_at_ms: 0,
+        estimated: false,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply");
+    for batch in [1u64, 100] {
+        g.throughput(Throughput::Elements(batch));
+        g.bench_function(format!("record_usage_batch_{batch}"), |b| {
+            let (state, mut n) = setup();
+            let mut state = state;
+            let mut next = 0u64;
+            b.iter_batched(
+                || {
+                    let records = (0..batch).map(|_| {
+                        next += 1;
+                        record(next)
+                    });
+                    req(&mut n, Command::RecordUsage { records: records.collect() })
+                },
+                |r| black_box(state.apply(&r).expect("applies")),
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("acquire_3_wants", |b| {
+        let (mut state, mut n) = setup();
+        let wants: Vec<Want> = [
+            Dimension::RequestsPerMinute,
+            Dimension::TokenBudget { period: Period::Month },
+            Dimension::MoneyBudget { period: Period::Month },
+        ]
+        .into_iter()
+        .map(|dimension| Want { limit: LimitKey { scope: Scope::Org { org: id("acme") }, model: None, dimension }, amount: 10 })
+        .collect();
+        b.iter_batched(
+            || req(&mut n, Command::Acquire { gateway: "gw1".into(), wants: wants.clone(), returns: vec![] }),
+            |r| black_box(state.apply(&r).expect("applies")),
+            BatchSize::SmallInput,
+        );
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
