@@ -19,16 +19,36 @@ where
 
 fn req(n: &mut u64, command: Command) -> Request {
     *n += 1;
-    Request { id: format!("r{n}"), ts_ms: 1_700_000_000_000 + *n, actor: Actor::System, command }
+    Request {
+        id: format!("r{n}"),
+        ts_ms: 1_700_000_000_000 + *n,
+        actor: Actor::System,
+        command,
+    }
 }
 
 fn limit(dimension: Dimension, value: u64) -> Limit {
-    Limit { scope: Scope::Org { org: id("acme") }, model: None, dimension, limit: value, burst: 0, fail_policy: FailPolicy::Strict, shadow: false }
+    Limit {
+        scope: Scope::Org { org: id("acme") },
+        model: None,
+        dimension,
+        limit: value,
+        burst: 0,
+        fail_policy: FailPolicy::Strict,
+        shadow: false,
+    }
 }
 
 fn setup() -> (State, u64) {
     let secret = ClusterSecret::generate();
-    let admin = AdminTokenRecord { id: id("admin_x"), name: "x".into(), role: Role::Admin, digest: secret.digest("x"), revoked: false, created_at_ms: 0 };
+    let admin = AdminTokenRecord {
+        id: id("admin_x"),
+        name: "x".into(),
+        role: Role::Admin,
+        digest: secret.digest("x"),
+        revoked: false,
+        created_at_ms: 0,
+    };
     let key = ApiKeyRecord {
         id: id("live_k"),
         org: id("acme"),
@@ -43,13 +63,35 @@ fn setup() -> (State, u64) {
     let mut s = State::default();
     let mut n = 0;
     let cmds = vec![
-        Command::Bootstrap { secret: secret.clone(), admin },
-        Command::CreateOrg(Org { id: id("acme"), name: "A".into(), status: OrgStatus::Active, tier: 0 }),
-        Command::CreateProject(Project { org: id("acme"), id: id("web"), name: "W".into() }),
+        Command::Bootstrap {
+            secret: secret.clone(),
+            admin,
+        },
+        Command::CreateOrg(Org {
+            id: id("acme"),
+            name: "A".into(),
+            status: OrgStatus::Active,
+            tier: 0,
+        }),
+        Command::CreateProject(Project {
+            org: id("acme"),
+            id: id("web"),
+            name: "W".into(),
+        }),
         Command::CreateKey(key),
         Command::PutLimit(limit(Dimension::RequestsPerMinute, u64::MAX >> 12)),
-        Command::PutLimit(limit(Dimension::TokenBudget { period: Period::Month }, u64::MAX >> 12)),
-        Command::PutLimit(limit(Dimension::MoneyBudget { period: Period::Month }, u64::MAX >> 12)),
+        Command::PutLimit(limit(
+            Dimension::TokenBudget {
+                period: Period::Month,
+            },
+            u64::MAX >> 12,
+        )),
+        Command::PutLimit(limit(
+            Dimension::MoneyBudget {
+                period: Period::Month,
+            },
+            u64::MAX >> 12,
+        )),
     ];
     for c in cmds {
         let r = req(&mut n, c);
@@ -91,7 +133,12 @@ fn bench(c: &mut Criterion) {
                         next += 1;
                         record(next)
                     });
-                    req(&mut n, Command::RecordUsage { records: records.collect() })
+                    req(
+                        &mut n,
+                        Command::RecordUsage {
+                            records: records.collect(),
+                        },
+                    )
                 },
                 |r| black_box(state.apply(&r).expect("applies")),
                 BatchSize::SmallInput,
@@ -103,14 +150,34 @@ fn bench(c: &mut Criterion) {
         let (mut state, mut n) = setup();
         let wants: Vec<Want> = [
             Dimension::RequestsPerMinute,
-            Dimension::TokenBudget { period: Period::Month },
-            Dimension::MoneyBudget { period: Period::Month },
+            Dimension::TokenBudget {
+                period: Period::Month,
+            },
+            Dimension::MoneyBudget {
+                period: Period::Month,
+            },
         ]
         .into_iter()
-        .map(|dimension| Want { limit: LimitKey { scope: Scope::Org { org: id("acme") }, model: None, dimension }, amount: 10 })
+        .map(|dimension| Want {
+            limit: LimitKey {
+                scope: Scope::Org { org: id("acme") },
+                model: None,
+                dimension,
+            },
+            amount: 10,
+        })
         .collect();
         b.iter_batched(
-            || req(&mut n, Command::Acquire { gateway: "gw1".into(), wants: wants.clone(), returns: vec![] }),
+            || {
+                req(
+                    &mut n,
+                    Command::Acquire {
+                        gateway: "gw1".into(),
+                        wants: wants.clone(),
+                        returns: vec![],
+                    },
+                )
+            },
             |r| black_box(state.apply(&r).expect("applies")),
             BatchSize::SmallInput,
         );

@@ -151,9 +151,10 @@ async fn serve(listener: TcpListener, ctx: NodeCtx, durable: Durable, stop: ones
     let quota = QuotaServer::new(QuotaService::new(ctx))
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(64 << 20);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // nodelay on every accepted socket: `Server::tcp_nodelay` does not apply to a caller's
+    // listener, and HTTP/2 writes headers and data separately (a 40 ms Nagle/delayed-ACK stall)
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .add_service(raft_svc)
         .add_service(admin)
