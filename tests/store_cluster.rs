@@ -47,16 +47,16 @@ async fn a_node_added_later_catches_up_from_a_snapshot() {
     let purged = status["purged_index"].as_u64().unwrap_or(0);
     assert!(purged > 0, "leader purged its log: {status}");
 
+    // node 4 joins by itself (`--join` through node 1): learner, catch up, voter
     let addr = format!("127.0.0.1:{}", free_port());
-    c.add_proc(4, &addr, vec![], 20);
-    let joined: Value = c.client().add_node(4, &addr).await.expect("add node 4");
-    assert!(
-        joined["members"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["id"] == 4 && m["voter"] == true)),
-        "{joined}"
-    );
-
+    let join = vec![
+        "--join".to_owned(),
+        c.nodes[0].addr.clone(),
+        "--token".to_owned(),
+        c.token.clone(),
+    ];
+    c.add_proc(4, &addr, join, 20);
+    wait_voter(&c, 4).await;
     let (_, digest) = c.wait_converged().await;
     let s4 = c.status_of(&addr).await.expect("node 4 status");
     assert_eq!(s4["state_digest"].as_str(), Some(digest.as_str()));
@@ -75,6 +75,20 @@ async fn a_node_added_later_catches_up_from_a_snapshot() {
             .is_some_and(|m| m.iter().any(|m| m["id"] == 4)),
         "{after}"
     );
+}
+
+async fn wait_voter(c: &Cluster, id: u64) {
+    for _ in 0..300 {
+        if let Ok(s) = c.client().leader_status::<Value>().await
+            && s["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["id"] == id && m["voter"] == true))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("node {id} did not become a voter; logs:\n{}", c.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

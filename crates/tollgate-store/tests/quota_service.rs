@@ -1,0 +1,272 @@
+//! The gateway-facing Quota service on a real node over gRPC: the config watch stream delivers
+//! the current config and every change, usage records are applied once per request id (a repeat
+//! returns the original outcome, a changed body is a conflict), leases never exceed the limit,
+//! and callers without an operator token are refused.
+
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use tollgate_client::StoreClient;
+use tollgate_ledger::UsageAck;
+use tollgate_ledger::lease::Grant;
+use tollgate_proto::quota::{
+    AcquireRequest, RecordUsageRequest, WatchConfigRequest, quota_client::QuotaClient,
+};
+use tollgate_store::node::{StoreConfig, StoreNode};
+use tollgate_types::admin::AdminOp;
+use tollgate_types::config::{GatewayConfig, Org, OrgStatus, Project};
+use tollgate_types::limits::{Dimension, FailPolicy, Limit, Period, Scope};
+use tollgate_types::secret;
+use tollgate_types::usage::{UsageRecord, UsageStatus};
+
+fn with_token<T>(body: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    r
+}
+
+fn record(key: &str, rid: &str, tokens: u64) -> UsageRecord {
+    UsageRecord {
+        request_id: rid.parse_id(),
+        org: "acme".parse_id(),
+        project: "web".parse_id(),
+        key: key.parse_id(),
+        model: "m".parse_id(),
+        gateway: "gw1".into(),
+        prompt_tokens: tokens,
+        completion_tokens: 0,
+        cost_micros: 0,
+        price_version: 1,
+        status: UsageStatus::Completed,
+        started_at_ms: 0,
+        ended_at_ms: 0,
+        estimated: false,
+    }
+}
+
+trait ParseId {
+    fn parse_id<T: TryFrom<String>>(&self) -> T
+    where
+        T::Error: std::fmt::Debug;
+}
+impl ParseId for str {
+    fn parse_id<T: TryFrom<String>>(&self) -> T
+    where
+        T::Error: std::fmt::Debug,
+    {
+        T::try_from(self.to_owned()).expect("valid id")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_usage_and_leases_over_grpc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = secret::generate(secret::ADMIN_ENV);
+    let mut cfg = StoreConfig::new(
+        1,
+        "127.0.0.1:0".parse().expect("addr"),
+        dir.path().to_path_buf(),
+    );
+    // port 0: the node learns its port at bind; membership needs the real address, so bind first
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    cfg.listen = addr;
+    cfg.initial_cluster = Some(BTreeMap::from([(1, addr.to_string())]));
+    cfg.bootstrap_admin_token = Some(token.clone());
+    let node = StoreNode::start(cfg).await.expect("start node");
+    let admin = StoreClient::new(vec![addr.to_string()], Some(token.clone())).expect("client");
+    let mut ready = false;
+    for _ in 0..100 {
+        if admin
+            .write_with_id(
+                "org".into(),
+                &AdminOp::CreateOrg(Org {
+                    id: "acme".parse_id(),
+                    name: "A".into(),
+                    status: OrgStatus::Active,
+                    tier: 0,
+                }),
+            )
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "node became ready");
+    admin
+        .write(&AdminOp::CreateProject(Project {
+            org: "acme".parse_id(),
+            id: "web".parse_id(),
+            name: "W".into(),
+        }))
+        .await
+        .expect("project");
+    let key = admin
+        .write(&AdminOp::CreateKey {
+            org: "acme".parse_id(),
+            project: "web".parse_id(),
+            name: "k".into(),
+            env: "live".into(),
+            allowed_models: vec![],
+            expires_at_ms: None,
+        })
+        .await
+        .expect("key");
+    let key_id = key.id.expect("key id");
+    let budget = Limit {
+        scope: Scope::Org {
+            org: "acme".parse_id(),
+        },
+        model: None,
+        dimension: Dimension::TokenBudget {
+            period: Period::Total,
+        },
+        limit: 1000,
+        burst: 0,
+        fail_policy: FailPolicy::Strict,
+        shadow: false,
+    };
+    admin
+        .write(&AdminOp::PutLimit(budget.clone()))
+        .await
+        .expect("limit");
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut q = QuotaClient::new(channel);
+
+    // unauthenticated callers are refused
+    let denied = q
+        .watch_config(tonic::Request::new(WatchConfigRequest { known_version: 0 }))
+        .await;
+    assert_eq!(
+        denied.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+
+    // the watch stream starts with the current config, and delivers the next change
+    let mut stream = q
+        .watch_config(with_token(WatchConfigRequest { known_version: 0 }, &token))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.next().await.expect("a snapshot").expect("ok");
+    let cfg: GatewayConfig = serde_json::from_slice(&first.config_json).expect("json");
+    assert!(
+        cfg.keys.iter().any(|k| k.id.as_str() == key_id),
+        "the key digest is shipped"
+    );
+    assert_eq!(cfg.limits, vec![budget.clone()]);
+    admin
+        .write(&AdminOp::UpdateOrg {
+            id: "acme".parse_id(),
+            name: Some("Acme 2".into()),
+            status: None,
+            tier: None,
+        })
+        .await
+        .expect("update");
+    let second = stream.next().await.expect("a change").expect("ok");
+    assert!(second.version > first.version);
+    let cfg2: GatewayConfig = serde_json::from_slice(&second.config_json).expect("json");
+    assert_eq!(cfg2.orgs[0].name, "Acme 2");
+
+    // leases: never more than the limit across gateways
+    let want = serde_json::json!({"wants": [{"limit": budget.key(), "amount": 700}]});
+    let acquire = |gw: &str| AcquireRequest {
+        gateway_id: gw.into(),
+        request_id: format!("acq-{gw}"),
+        body_json: want.to_string().into_bytes(),
+    };
+    let g1: Vec<Grant> = serde_json::from_slice(
+        &q.acquire(with_token(acquire("gw1"), &token))
+            .await
+            .expect("acquire")
+            .into_inner()
+            .result_json,
+    )
+    .expect("json");
+    let g2: Vec<Grant> = serde_json::from_slice(
+        &q.acquire(with_token(acquire("gw2"), &token))
+            .await
+            .expect("acquire")
+            .into_inner()
+            .result_json,
+    )
+    .expect("json");
+    assert_eq!((g1[0].amount, g2[0].amount), (700, 300));
+
+    // usage: exactly once per request id, conflicts reported, bodies of failed ids stay failed
+    let ship = |rid: &str, recs: Vec<UsageRecord>| RecordUsageRequest {
+        gateway_id: "gw1".into(),
+        request_id: rid.into(),
+        records_json: serde_json::to_vec(&recs).expect("json"),
+    };
+    let batch = vec![record(&key_id, "r1", 50), record(&key_id, "r2", 60)];
+    let acks = |bytes: Vec<u8>| -> Vec<UsageAck> { serde_json::from_slice(&bytes).expect("acks") };
+    let a1 = acks(
+        q.record_usage(with_token(ship("b1", batch.clone()), &token))
+            .await
+            .expect("usage")
+            .into_inner()
+            .acks_json,
+    );
+    assert_eq!(
+        a1,
+        vec![UsageAck::Accepted { seq: 1 }, UsageAck::Accepted { seq: 2 }]
+    );
+    // the same batch under the same shipping id: the first outcome, unchanged state
+    let again = acks(
+        q.record_usage(with_token(ship("b1", batch.clone()), &token))
+            .await
+            .expect("usage")
+            .into_inner()
+            .acks_json,
+    );
+    assert_eq!(again, a1);
+    // the same records under a new shipping id: duplicates, nothing added
+    let dup = acks(
+        q.record_usage(with_token(ship("b2", batch), &token))
+            .await
+            .expect("usage")
+            .into_inner()
+            .acks_json,
+    );
+    assert_eq!(
+        dup,
+        vec![
+            UsageAck::Duplicate { seq: 1 },
+            UsageAck::Duplicate { seq: 2 }
+        ]
+    );
+    let conflict = acks(
+        q.record_usage(with_token(
+            ship("b3", vec![record(&key_id, "r1", 999)]),
+            &token,
+        ))
+        .await
+        .expect("usage")
+        .into_inner()
+        .acks_json,
+    );
+    assert_eq!(conflict, vec![UsageAck::Conflict { seq: 1 }]);
+
+    let ledger: serde_json::Value = admin
+        .read(&tollgate_types::admin::AdminQuery::UsageExport {
+            since_seq: 0,
+            limit: 100,
+        })
+        .await
+        .expect("export");
+    assert_eq!(ledger.as_array().map(Vec::len), Some(2), "{ledger}");
+    node.shutdown().await;
+}
