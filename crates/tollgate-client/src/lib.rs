@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 /// Deadline for one logical call, across redirects and retries.
 pub const CALL_DEADLINE_MS: u64 = 20_000;
 /// Most attempts for one logical call.
-pub const CALL_ATTEMPTS_MAX: u32 = 40;
+pub const CALL_ATTEMPTS_MAX: u32 = 200;
 const RPC_TIMEOUT_MS: u64 = 10_000;
 const RETRY_PAUSE_MS: u64 = 150;
 const MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -115,6 +115,7 @@ impl StoreClient {
         let mut target = self.addrs[0].clone();
         let mut next = 0usize;
         let mut last_err = ClientError::local("no attempt made".into());
+        let mut tried_leaders: Vec<String> = Vec::new();
         for _ in 0..CALL_ATTEMPTS_MAX {
             if start.elapsed() > Duration::from_millis(CALL_DEADLINE_MS) {
                 break;
@@ -129,16 +130,26 @@ impl StoreClient {
                         return Err(err);
                     }
                     last_err = err;
+                    // a follower may still name a leader that just died: pause before every
+                    // retry except a first jump to a newly named leader
                     let leader = status
                         .metadata()
                         .get(LEADER_METADATA)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    target = match leader {
-                        Some(l) if l != target => l,
-                        _ => {
-                            next = (next + 1) % self.addrs.len();
+                    let fresh = leader
+                        .as_ref()
+                        .filter(|l| **l != target && !tried_leaders.contains(*l))
+                        .cloned();
+                    target = match fresh {
+                        Some(l) => {
+                            tried_leaders.push(l.clone());
+                            l
+                        }
+                        None => {
                             tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+                            tried_leaders.clear();
+                            next = (next + 1) % self.addrs.len();
                             self.addrs[next].clone()
                         }
                     };

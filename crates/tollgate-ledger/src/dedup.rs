@@ -4,7 +4,6 @@
 
 use crate::outcome::Outcome;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
 
 /// How long a request id is remembered, in store time. Clients retry within seconds; a retry
 /// older than this is treated as a new request (documented in docs/invariants.md).
@@ -12,8 +11,8 @@ pub const DEDUP_WINDOW_MS: u64 = 15 * 60 * 1000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dedup {
-    outcomes: BTreeMap<String, (u64, Outcome)>,
-    by_time: BTreeSet<(u64, String)>,
+    outcomes: imbl::OrdMap<String, (u64, Outcome)>,
+    by_time: imbl::OrdSet<(u64, String)>,
 }
 
 impl Dedup {
@@ -31,11 +30,11 @@ impl Dedup {
     /// Forgets ids recorded before `now_ms - DEDUP_WINDOW_MS`.
     pub fn prune(&mut self, now_ms: u64) {
         let cutoff = now_ms.saturating_sub(DEDUP_WINDOW_MS);
-        while let Some((ts, id)) = self.by_time.first().cloned() {
+        while let Some((ts, id)) = self.by_time.get_min().cloned() {
             if ts >= cutoff {
                 break;
             }
-            self.by_time.pop_first();
+            self.by_time.remove(&(ts, id.clone()));
             self.outcomes.remove(&id);
         }
     }

@@ -52,9 +52,10 @@ pub struct State {
     pub limits: BTreeMap<LimitKey, Limit>,
     pub buckets: BTreeMap<BucketId, Bucket>,
     pub leases: Leases,
-    /// The usage ledger; `ledger[i].seq == i + 1`.
-    pub ledger: Vec<LedgerEntry>,
-    pub usage_index: BTreeMap<RequestId, UsageIndex>,
+    /// The usage ledger; `ledger[i].seq == i + 1`. Persistent (structurally shared) collections:
+    /// a snapshot clones them in O(1) instead of copying every record under the state lock.
+    pub ledger: imbl::Vector<LedgerEntry>,
+    pub usage_index: imbl::OrdMap<RequestId, UsageIndex>,
     pub audit: Vec<AuditRecord>,
     pub dedup: Dedup,
 }
@@ -93,7 +94,10 @@ impl State {
             Err(e) => Outcome::Error(e),
         };
         self.check_invariants(&touched)?;
-        if req.id.len() <= REQUEST_ID_BYTES_MAX {
+        // usage batches are deduplicated per record (LG-1): a retried batch gets `Duplicate`
+        // acks with the original sequence numbers, so their outcomes need not be kept here
+        let per_record = matches!(req.command, Command::RecordUsage { .. });
+        if req.id.len() <= REQUEST_ID_BYTES_MAX && !per_record {
             self.dedup.insert(&req.id, now, outcome.clone());
         }
         Ok(outcome)
@@ -226,7 +230,7 @@ impl State {
                 b.check_ql1(id)?;
             }
         }
-        for entry in &self.ledger[touched.ledger_from..] {
+        for entry in (touched.ledger_from..self.ledger.len()).map(|i| &self.ledger[i]) {
             let indexed = self.usage_index.get(&entry.record.request_id);
             if indexed != Some(&UsageIndex::InLedger { seq: entry.seq }) {
                 return Err(InvariantViolation::Lg1(entry.record.request_id.to_string()));

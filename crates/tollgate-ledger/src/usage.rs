@@ -99,7 +99,7 @@ impl State {
             return UsageAck::Rejected { reason };
         }
         let seq = self.ledger.len() as u64 + 1;
-        self.ledger.push(LedgerEntry {
+        self.ledger.push_back(LedgerEntry {
             seq,
             ts_ms: self.clock_ms,
             record: r.clone(),

@@ -109,7 +109,7 @@ impl PeerClient {
 }
 
 fn with_timeout<T>(mut req: tonic::Request<T>, option: &RPCOption) -> tonic::Request<T> {
-    req.set_timeout(option.soft_ttl());
+    req.set_timeout(option.hard_ttl());
     req
 }
 

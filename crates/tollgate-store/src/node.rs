@@ -53,9 +53,11 @@ impl StoreConfig {
             data_dir,
             initial_cluster: None,
             bootstrap_admin_token: None,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1200,
+            // openraft gives replication RPCs one heartbeat interval to answer; on a loaded
+            // 2-core machine a follower's fsync can take 100+ ms, so leave room
+            heartbeat_ms: 300,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
             snapshot_logs: 10_000,
         }
     }

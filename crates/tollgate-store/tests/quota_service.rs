@@ -224,7 +224,8 @@ async fn watch_usage_and_leases_over_grpc() {
         a1,
         vec![UsageAck::Accepted { seq: 1 }, UsageAck::Accepted { seq: 2 }]
     );
-    // the same batch under the same shipping id: the first outcome, unchanged state
+    // the same batch again (a shipping retry, same or new id): duplicates with the original
+    // sequence numbers, nothing added
     let again = acks(
         q.record_usage(with_token(ship("b1", batch.clone()), &token))
             .await
@@ -232,7 +233,13 @@ async fn watch_usage_and_leases_over_grpc() {
             .into_inner()
             .acks_json,
     );
-    assert_eq!(again, a1);
+    assert_eq!(
+        again,
+        vec![
+            UsageAck::Duplicate { seq: 1 },
+            UsageAck::Duplicate { seq: 2 }
+        ]
+    );
     // the same records under a new shipping id: duplicates, nothing added
     let dup = acks(
         q.record_usage(with_token(ship("b2", batch), &token))

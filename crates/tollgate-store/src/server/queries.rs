@@ -66,15 +66,13 @@ pub fn run(state: &State, applied_index: Option<u64>, q: &AdminQuery) -> Result<
         },
         AdminQuery::DiffConfig(doc) => to_json(state.diff_config(doc).map_err(api_status)?),
         AdminQuery::UsageExport { since_seq, limit } => {
-            let n = (*limit).min(READ_PAGE_MAX) as usize;
-            to_json(
-                state
-                    .ledger
-                    .iter()
-                    .skip(*since_seq as usize)
-                    .take(n)
-                    .collect::<Vec<_>>(),
-            )
+            let start = usize::try_from(*since_seq)
+                .unwrap_or(usize::MAX)
+                .min(state.ledger.len());
+            let end = start
+                .saturating_add((*limit).min(READ_PAGE_MAX) as usize)
+                .min(state.ledger.len());
+            to_json((start..end).map(|i| &state.ledger[i]).collect::<Vec<_>>())
         }
         AdminQuery::StateDigest => json!({
             "applied_index": applied_index,
