@@ -238,3 +238,57 @@ async fn admin_cli_validates_enforces_roles_and_audits() {
     let verify = cli.ok_json(&["admin", "audit", "verify"]);
     assert_eq!(verify["ok"], true, "{verify}");
 }
+
+/// Without `--bootstrap-admin-token`, the bootstrapping node generates the first admin token,
+/// prints it once and writes it to `<data-dir>/bootstrap-admin-token` with mode 0600.
+#[test]
+fn a_generated_bootstrap_token_is_written_0600_and_works() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = format!("127.0.0.1:{}", harness::free_port());
+    let log = std::fs::File::create(dir.path().join("store.log")).expect("log");
+    let data = dir.path().join("data");
+    let mut child = Command::new(BIN)
+        .args(["store", "--node-id", "1", "--listen", &addr, "--data-dir"])
+        .arg(&data)
+        .args(["--initial-cluster", &format!("1={addr}")])
+        .env_remove("TOLLGATE_BOOTSTRAP_ADMIN_TOKEN")
+        .stdout(log.try_clone().expect("fd"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn store");
+    let file = data.join("bootstrap-admin-token");
+    let mut token = String::new();
+    for _ in 0..300 {
+        if let Ok(t) = std::fs::read_to_string(&file)
+            && !t.trim().is_empty()
+        {
+            token = t.trim().to_owned();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let outcome = std::panic::catch_unwind(|| {
+        assert!(
+            token.starts_with("tg_admin_"),
+            "token file written: {token:?}"
+        );
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let cli = Cli {
+            store: addr.clone(),
+            token: &token,
+        };
+        cli.ok_json(&["admin", "org", "create", "first"]);
+        let printed = std::fs::read_to_string(dir.path().join("store.log")).unwrap_or_default();
+        assert!(
+            printed.contains(&token),
+            "the token is printed once at bootstrap: {printed}"
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -171,7 +171,7 @@ impl Cluster {
     /// One node's own status (not redirected), if it answers.
     pub async fn status_of(&self, addr: &str) -> Option<Value> {
         let c = StoreClient::new(vec![addr.to_owned()], Some(self.token.clone())).ok()?;
-        c.node_status(Some(addr)).await.ok()
+        c.node_status_with(Some(addr), true).await.ok()
     }
 
     /// Waits until a leader is elected and the cluster is bootstrapped (an admin read works).

@@ -200,10 +200,19 @@ impl StoreClient {
         &self,
         addr: Option<&str>,
     ) -> Result<R, ClientError> {
+        self.node_status_with(addr, false).await
+    }
+
+    /// `node_status`, optionally with the node's state digest (hashes the whole state).
+    pub async fn node_status_with<R: DeserializeOwned>(
+        &self,
+        addr: Option<&str>,
+        with_digest: bool,
+    ) -> Result<R, ClientError> {
         let addr = addr.unwrap_or(&self.addrs[0]).to_owned();
         let mut client = AdminClient::new(channel(&addr)?);
         let resp = client
-            .cluster_status(self.request(ClusterStatusRequest {}))
+            .cluster_status(self.request(ClusterStatusRequest { with_digest }))
             .await
             .map_err(|s| ClientError::from_status(&addr, &s))?;
         decode(&resp.into_inner().status_json)
@@ -211,7 +220,7 @@ impl StoreClient {
 
     /// Status from the leader (its view includes every member's lag).
     pub async fn leader_status<R: DeserializeOwned>(&self) -> Result<R, ClientError> {
-        // a linearizable no-op read first locates the leader
+        // ask the given nodes who leads, then ask the leader itself
         let leader = self.find_leader().await?;
         self.node_status(Some(&leader)).await
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tollgate_ledger::{Actor, Outcome};
+use tollgate_ledger::Actor;
 use tollgate_proto::{
     admin::admin_server::AdminServer, quota::quota_server::QuotaServer,
     raft::raft_server::RaftServer,
@@ -202,20 +202,32 @@ async fn bootstrap_when_leader(ctx: NodeCtx, cfg: StoreConfig) -> anyhow::Result
         .bootstrap_admin_token
         .clone()
         .unwrap_or_else(|| secret::generate(secret::ADMIN_ENV));
+    let token_id = secret::parse(&token)
+        .map_err(|e| anyhow::anyhow!("bootstrap admin token: {e}"))?
+        .key_id();
     loop {
-        if ctx.sm.read(|d| d.state.secret.is_some()) {
+        // bootstrapped: by this node's write (perhaps one that timed out but committed) or another's
+        let (done, ours) = ctx.sm.read(|d| {
+            (
+                d.state.secret.is_some(),
+                d.state.tokens.keys().any(|k| k.as_str() == token_id),
+            )
+        });
+        if done && ours {
+            if cfg.bootstrap_admin_token.is_none() {
+                write_token_file(&cfg.data_dir, &token)?;
+            }
+            return Ok(Some(token));
+        }
+        if done {
             return Ok(None);
         }
         if ctx.raft.is_leader() {
             let cmd = bootstrap_command(&token, ClusterSecret::generate())
                 .map_err(|s| anyhow::anyhow!(s.message().to_owned()))?;
             let id = format!("bootstrap-{}", uuid::Uuid::new_v4());
-            if let Ok((Outcome::Done { .. }, _)) = ctx.write(id, Actor::System, cmd).await {
-                if cfg.bootstrap_admin_token.is_none() {
-                    write_token_file(&cfg.data_dir, &token)?;
-                }
-                return Ok(Some(token));
-            }
+            // the outcome is read back from the state on the next turn
+            let _ = ctx.write(id, Actor::System, cmd).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -32,13 +32,20 @@ pub struct ClusterStatus {
     pub config_version: u64,
     pub ledger_len: u64,
     /// SHA-256 of this replica's state at `applied_index` (equal on replicas at equal index).
-    pub state_digest: String,
+    pub state_digest: Option<String>,
     /// Durable syncs (flush + fdatasync) this node's process completed.
     pub fsyncs: u64,
     pub disk_bytes: u64,
 }
 
-pub fn cluster_status(id: u64, raft: &Raft, sm: &SmHandle, durable: &Durable) -> ClusterStatus {
+/// `with_digest` also hashes the whole state (from an O(1) clone, outside the state lock).
+pub fn cluster_status(
+    id: u64,
+    raft: &Raft,
+    sm: &SmHandle,
+    durable: &Durable,
+    with_digest: bool,
+) -> ClusterStatus {
     let m = raft.metrics().borrow_watched().clone();
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
@@ -67,15 +74,16 @@ pub fn cluster_status(id: u64, raft: &Raft, sm: &SmHandle, durable: &Durable) ->
         })
         .collect();
     // read together under one lock, so the digest is the state at exactly `applied_index`
-    let (applied_index, config_version, ledger_len, state_digest) = sm.read(|d| {
-        let digest = crate::server::queries::state_digest(&d.state);
+    let (applied_index, config_version, ledger_len, state) = sm.read(|d| {
+        let state = with_digest.then(|| d.state.clone());
         (
             d.last_applied.map(|l| l.index),
             d.state.config_version,
             d.state.ledger.len() as u64,
-            digest,
+            state,
         )
     });
+    let state_digest = state.map(|s| crate::server::queries::state_digest(&s));
     ClusterStatus {
         node_id: id,
         state: format!("{:?}", m.state),

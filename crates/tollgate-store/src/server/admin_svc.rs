@@ -255,7 +255,14 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         let actor = admin_actor(&req, &self.ctx.sm)?;
         authorize_read(&actor, &self.ctx.sm, Role::Viewer)?;
-        let status = cluster_status(self.ctx.id, &self.ctx.raft, &self.ctx.sm, &self.durable);
+        let with_digest = req.get_ref().with_digest;
+        let status = cluster_status(
+            self.ctx.id,
+            &self.ctx.raft,
+            &self.ctx.sm,
+            &self.durable,
+            with_digest,
+        );
         Ok(Response::new(ClusterStatusResponse {
             status_json: json_response(&status)?,
         }))
@@ -302,7 +309,13 @@ impl admin_server::Admin for AdminService {
             .change_membership(add, false)
             .await
             .map_err(|e| raft_err(e.to_string()))?;
-        let status = cluster_status(self.ctx.id, &self.ctx.raft, &self.ctx.sm, &self.durable);
+        let status = cluster_status(
+            self.ctx.id,
+            &self.ctx.raft,
+            &self.ctx.sm,
+            &self.durable,
+            false,
+        );
         Ok(Response::new(MembershipResponse {
             status_json: json_response(&status)?,
         }))
@@ -345,7 +358,13 @@ impl admin_server::Admin for AdminService {
                 .await
                 .map_err(|e| raft_err(e.to_string()))?;
         }
-        let status = cluster_status(self.ctx.id, &self.ctx.raft, &self.ctx.sm, &self.durable);
+        let status = cluster_status(
+            self.ctx.id,
+            &self.ctx.raft,
+            &self.ctx.sm,
+            &self.durable,
+            false,
+        );
         Ok(Response::new(MembershipResponse {
             status_json: json_response(&status)?,
         }))

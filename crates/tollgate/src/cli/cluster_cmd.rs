@@ -20,6 +20,10 @@ pub enum ClusterCommand {
         /// Ask this node instead of the leader (its own view).
         #[arg(long)]
         node: Option<String>,
+        /// With --node: also show the node's state digest (equal on replicas at equal applied
+        /// index; hashes the whole state).
+        #[arg(long, requires = "node")]
+        digest: bool,
     },
     /// Add a node: as a learner, wait until it caught up, then make it a voter.
     AddNode {
@@ -74,8 +78,11 @@ fn status_text(s: &Value) -> String {
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let client = args.conn.client()?;
     let status: Value = match args.command {
-        ClusterCommand::Status { node: Some(n) } => client.node_status(Some(&n)).await?,
-        ClusterCommand::Status { node: None } => client.leader_status().await?,
+        ClusterCommand::Status {
+            node: Some(n),
+            digest,
+        } => client.node_status_with(Some(&n), digest).await?,
+        ClusterCommand::Status { node: None, .. } => client.leader_status().await?,
         ClusterCommand::AddNode { node_id, addr } => client.add_node(node_id, &addr).await?,
         ClusterCommand::RemoveNode { node_id } => client.remove_node(node_id).await?,
     };

@@ -86,10 +86,26 @@ impl StoreArgs {
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
-    let node = StoreNode::start(cfg)
+    let mut node = StoreNode::start(cfg)
         .await
         .context("starting the store node")?;
     eprintln!("tollgate store: node {} serving on {}", node.id, node.addr);
+    if let Some(bootstrap) = node.bootstrap.take() {
+        let generated = args.bootstrap_admin_token.is_none();
+        let file = args.data_dir.join("bootstrap-admin-token");
+        tokio::spawn(async move {
+            match bootstrap.await {
+                Ok(Ok(Some(token))) if generated => eprintln!(
+                    "tollgate store: bootstrapped a new cluster; first admin token (shown once, also in {}): {token}",
+                    file.display()
+                ),
+                Ok(Ok(Some(_))) => eprintln!("tollgate store: bootstrapped a new cluster"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => eprintln!("tollgate store: bootstrap failed: {e:#}"),
+                Err(e) => eprintln!("tollgate store: bootstrap task failed: {e}"),
+            }
+        });
+    }
     if let Some(join) = &args.join {
         let advertise = args
             .advertise
