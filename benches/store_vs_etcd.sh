@@ -58,6 +58,8 @@ for rep in $(seq 1 "$REPS"); do
     echo "rep $rep clients $c done" >&2
   done
 done
+cp "$RESULTS" "${RAW_OUT:-/tmp/store_vs_etcd.jsonl}"
+echo "raw results: ${RAW_OUT:-/tmp/store_vs_etcd.jsonl}" >&2
 python3 - "$RESULTS" <<'PY'
 import json, sys, statistics, collections
 rows = collections.defaultdict(list)

@@ -26,6 +26,32 @@ use tollgate_types::secret::{self, ClusterSecret};
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 2 << 20;
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < crate::storage::ENTRY_BYTES_MAX);
 
+/// Longest peer address.
+pub const PEER_ADDR_BYTES_MAX: usize = 255;
+
+/// Checks a peer address: `host:port` where host is an IP (IPv6 in brackets) or a DNS name.
+pub fn check_peer_addr(addr: &str) -> Result<(), String> {
+    let bad = || format!("'{addr}' is not host:port (an IP address or DNS name, and a port)");
+    if addr.len() > PEER_ADDR_BYTES_MAX || addr.parse::<SocketAddr>().is_ok() {
+        return if addr.len() > PEER_ADDR_BYTES_MAX {
+            Err(bad())
+        } else {
+            Ok(())
+        };
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub node_id: NodeId,
@@ -247,4 +273,33 @@ fn write_token_file(dir: &std::path::Path, token: &str) -> anyhow::Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_peer_addr;
+
+    #[test]
+    fn peer_addresses() {
+        for ok in [
+            "127.0.0.1:7000",
+            "[::1]:7000",
+            "store-0.store.ns.svc.cluster.local:7000",
+            "localhost:1",
+        ] {
+            assert!(check_peer_addr(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "7000",
+            "host:",
+            "host:0",
+            "host:99999",
+            "-bad.example:1",
+            "a..b:1",
+            "http://x:1",
+        ] {
+            assert!(check_peer_addr(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -274,11 +274,8 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<MembershipResponse>, Status> {
         self.authorize_admin(&req, Role::Admin).await?;
         let AddNodeRequest { node_id, addr } = req.into_inner();
-        if addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(api_status(ApiError::invalid(
-                "addr",
-                format!("'{addr}' is not a host:port socket address"),
-            )));
+        if let Err(e) = crate::node::check_peer_addr(&addr) {
+            return Err(api_status(ApiError::invalid("addr", e)));
         }
         let known = self
             .ctx

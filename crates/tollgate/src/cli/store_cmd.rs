@@ -52,8 +52,7 @@ pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
             .parse()
             .with_context(|| format!("node id '{id}' is not a number"))?;
         let addr = addr.trim();
-        addr.parse::<SocketAddr>()
-            .with_context(|| format!("'{addr}' is not a host:port socket address"))?;
+        tollgate_store::node::check_peer_addr(addr).map_err(anyhow::Error::msg)?;
         if out.insert(id, addr.to_owned()).is_some() {
             bail!("node id {id} appears twice in --initial-cluster");
         }
