@@ -78,6 +78,8 @@ async fn admin_cli_validates_enforces_roles_and_audits() {
         "web",
         "--models",
         "m1",
+        "--scopes",
+        "chat_completions,models",
     ]);
     let secret = key["secret"].as_str().expect("secret shown once");
     assert!(secret.starts_with("tg_live_"), "{key}");
@@ -85,6 +87,25 @@ async fn admin_cli_validates_enforces_roles_and_audits() {
     assert!(
         !keys.to_string().contains("digest"),
         "digests never leave the store: {keys}"
+    );
+    assert_eq!(
+        keys[0]["scopes"],
+        serde_json::json!(["chat_completions", "models"]),
+        "{keys}"
+    );
+    cli.fails_with(
+        &[
+            "admin",
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--project",
+            "web",
+            "--scopes",
+            "admin",
+        ],
+        "unknown scope",
     );
 
     // precise errors, nothing applied

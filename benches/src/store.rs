@@ -34,6 +34,7 @@ async fn setup(client: &StoreClient) -> anyhow::Result<String> {
         name: "bench".into(),
         env: "test".into(),
         allowed_models: vec![],
+        scopes: vec![],
         expires_at_ms: None,
     };
     let created = client.write(&key).await?;

@@ -57,6 +57,7 @@ fn setup() -> (State, u64) {
         digest: secret.digest("k"),
         status: KeyStatus::Active,
         allowed_models: vec![],
+        scopes: vec![],
         expires_at_ms: None,
         created_at_ms: 0,
     };

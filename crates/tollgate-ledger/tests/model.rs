@@ -65,6 +65,7 @@ impl Fixture {
             digest: secret.digest("k"),
             status: KeyStatus::Active,
             allowed_models: vec![],
+            scopes: vec![],
             expires_at_ms: None,
             created_at_ms: 0,
         }));

@@ -114,6 +114,7 @@ async fn watch_usage_and_leases_over_grpc() {
             name: "k".into(),
             env: "live".into(),
             allowed_models: vec![],
+            scopes: vec![],
             expires_at_ms: None,
         })
         .await

@@ -37,6 +37,9 @@ pub enum AdminOp {
         env: String,
         #[serde(default)]
         allowed_models: Vec<ModelName>,
+        /// Endpoint families the key may call; empty means all.
+        #[serde(default)]
+        scopes: Vec<crate::config::KeyScope>,
         #[serde(default)]
         expires_at_ms: Option<u64>,
     },

@@ -55,9 +55,48 @@ pub struct ApiKeyRecord {
     pub status: KeyStatus,
     /// Models this key may call; empty means every model.
     pub allowed_models: Vec<ModelName>,
+    /// Endpoints this key may call; empty means every endpoint.
+    #[serde(default)]
+    pub scopes: Vec<KeyScope>,
     /// Store time (ms since the Unix epoch) after which the key is refused; `None` never expires.
     pub expires_at_ms: Option<u64>,
     pub created_at_ms: u64,
+}
+
+/// An API endpoint family a key may be limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// `POST /v1/chat/completions`
+    ChatCompletions,
+    /// `POST /v1/completions`
+    Completions,
+    /// `POST /v1/embeddings`
+    Embeddings,
+    /// `GET /v1/models`, `GET /v1/models/{id}`
+    Models,
+}
+
+impl std::str::FromStr for KeyScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "chat_completions" => Ok(KeyScope::ChatCompletions),
+            "completions" => Ok(KeyScope::Completions),
+            "embeddings" => Ok(KeyScope::Embeddings),
+            "models" => Ok(KeyScope::Models),
+            other => Err(format!(
+                "unknown scope '{other}': use chat_completions, completions, embeddings or models"
+            )),
+        }
+    }
+}
+
+impl ApiKeyRecord {
+    /// Whether the key may call an endpoint of this family.
+    pub fn allows_scope(&self, scope: KeyScope) -> bool {
+        self.scopes.is_empty() || self.scopes.contains(&scope)
+    }
 }
 
 /// An admin token as stored (digest only) with its role.

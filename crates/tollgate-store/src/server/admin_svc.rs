@@ -87,6 +87,7 @@ fn to_command(
             name,
             env,
             allowed_models,
+            scopes,
             expires_at_ms,
         } => {
             let valid_env = !env.is_empty()
@@ -110,6 +111,7 @@ fn to_command(
                 digest: cluster()?.digest(&plain),
                 status: KeyStatus::Active,
                 allowed_models,
+                scopes,
                 expires_at_ms,
                 created_at_ms: 0,
             };

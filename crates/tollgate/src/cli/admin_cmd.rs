@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use tollgate_client::StoreClient;
 use tollgate_types::admin::{AdminOp, AdminQuery, AdminWriteResult};
 use tollgate_types::amount::Price;
-use tollgate_types::config::{ConfigDoc, Endpoint, ModelDef, Org, OrgStatus, Project, Tier};
+use tollgate_types::config::{
+    ConfigDoc, Endpoint, KeyScope, ModelDef, Org, OrgStatus, Project, Tier,
+};
 use tollgate_types::secret::Role;
 use tollgate_types::{KeyId, ModelName, OrgId, ProjectId};
 
@@ -112,6 +114,10 @@ pub enum KeyCmd {
         /// Models the key may use (comma separated); all when absent.
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
+        /// Endpoints the key may call (comma separated: chat_completions, completions,
+        /// embeddings, models); all when absent.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<KeyScope>,
         /// Expiry, ms since the Unix epoch.
         #[arg(long)]
         expires_at_ms: Option<u64>,
@@ -347,6 +353,7 @@ async fn key(client: &StoreClient, f: Format, c: KeyCmd) -> anyhow::Result<()> {
             name,
             env,
             models,
+            scopes,
             expires_at_ms,
         } => {
             let allowed_models = models
@@ -360,6 +367,7 @@ async fn key(client: &StoreClient, f: Format, c: KeyCmd) -> anyhow::Result<()> {
                 name,
                 env,
                 allowed_models,
+                scopes,
                 expires_at_ms,
             };
             write(client, f, op).await

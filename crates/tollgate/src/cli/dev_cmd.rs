@@ -126,6 +126,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         name: "demo key".into(),
         env: "test".into(),
         allowed_models: vec![],
+        scopes: vec![],
         expires_at_ms: None,
     };
     let api_key = client
