@@ -17,6 +17,8 @@ pub const CALL_DEADLINE_MS: u64 = 20_000;
 /// Most attempts for one logical call.
 pub const CALL_ATTEMPTS_MAX: u32 = 200;
 const RPC_TIMEOUT_MS: u64 = 10_000;
+/// Largest admin write document (the store accepts 128 KiB messages; leave room for framing).
+pub const WRITE_BYTES_MAX: usize = 120 << 10;
 const RETRY_PAUSE_MS: u64 = 150;
 const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
@@ -169,6 +171,16 @@ impl StoreClient {
         op: &AdminOp,
     ) -> Result<AdminWriteResult, ClientError> {
         let op_json = serde_json::to_vec(op).map_err(|e| ClientError::local(e.to_string()))?;
+        if op_json.len() > WRITE_BYTES_MAX {
+            return Err(ClientError {
+                code: Some(ErrorCode::InvalidRequest),
+                message: format!(
+                    "this write is {} KiB; the store takes at most {} KiB per write (split a config document into several files)",
+                    op_json.len() >> 10,
+                    WRITE_BYTES_MAX >> 10
+                ),
+            });
+        }
         let body = WriteRequest {
             request_id,
             op_json,

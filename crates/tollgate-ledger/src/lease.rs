@@ -131,6 +131,15 @@ impl State {
                 format!("at most {ACQUIRE_ITEMS_MAX} wants and returns per acquire"),
             ));
         }
+        // validate every want before changing anything: an acquire applies whole or not at all
+        if let Some(i) = wants
+            .iter()
+            .position(|w| !self.limits.contains_key(&w.limit))
+        {
+            return Err(
+                ApiError::not_found("no such limit").with_param(format!("wants[{i}].limit"))
+            );
+        }
         for r in returns {
             self.return_unused(gateway, r, touched);
         }

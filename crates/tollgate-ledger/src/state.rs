@@ -56,7 +56,7 @@ pub struct State {
     /// a snapshot clones them in O(1) instead of copying every record under the state lock.
     pub ledger: imbl::Vector<LedgerEntry>,
     pub usage_index: imbl::OrdMap<RequestId, UsageIndex>,
-    pub audit: Vec<AuditRecord>,
+    pub audit: imbl::Vector<AuditRecord>,
     pub dedup: Dedup,
 }
 
@@ -221,7 +221,7 @@ impl State {
             request_id: &req.id,
         };
         let record = next_record(self.audit.last(), entry);
-        self.audit.push(record);
+        self.audit.push_back(record);
     }
 
     fn check_invariants(&self, touched: &Touched) -> Result<(), InvariantViolation> {
@@ -255,7 +255,7 @@ impl State {
                 return Err(InvariantViolation::Lg1(e.record.request_id.to_string()));
             }
         }
-        crate::audit::verify_chain(None, &self.audit).map_err(|e| match e {
+        crate::audit::verify_chain(None, self.audit.iter()).map_err(|e| match e {
             crate::audit::ChainError::Gap { seq, .. }
             | crate::audit::ChainError::BrokenLink { seq, .. }
             | crate::audit::ChainError::BadHash { seq } => InvariantViolation::Au1(seq),

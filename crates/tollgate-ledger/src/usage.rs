@@ -10,7 +10,7 @@ use tollgate_types::limits::{Dimension, Limit};
 use tollgate_types::usage::UsageRecord;
 
 /// Most records in one `RecordUsage`.
-pub const USAGE_BATCH_MAX: usize = 10_000;
+pub const USAGE_BATCH_MAX: usize = 1_000;
 
 /// A ledger entry: the record, its sequence number and the store time it was applied at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

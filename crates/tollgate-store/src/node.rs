@@ -22,8 +22,17 @@ use tollgate_proto::{
 };
 use tollgate_types::secret::{self, ClusterSecret};
 
+/// Where a generated bootstrap admin token is written (mode 0600).
+pub const TOKEN_FILE: &str = "bootstrap-admin-token";
+
 /// Largest admin or quota request (keeps every Raft entry below the storage limit).
-pub const CLIENT_MESSAGE_BYTES_MAX: usize = 2 << 20;
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 128 << 10;
+/// Most entries in one replication message: keeps it below the peer message limit.
+const REPLICATION_ENTRIES_MAX: u64 = 256;
+const _: () = assert!(
+    (REPLICATION_ENTRIES_MAX as usize) * crate::storage::ENTRY_BYTES_MAX
+        < crate::network::PEER_MESSAGE_BYTES_MAX
+);
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < crate::storage::ENTRY_BYTES_MAX);
 
 /// Longest peer address.
@@ -98,6 +107,7 @@ impl StoreConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.snapshot_logs.min(1_000),
             purge_batch_size: (self.snapshot_logs / 4).clamp(1, 256),
+            max_payload_entries: REPLICATION_ENTRIES_MAX,
             ..Default::default()
         };
         Ok(cfg.validate()?)
@@ -228,9 +238,17 @@ async fn bootstrap_when_leader(ctx: NodeCtx, cfg: StoreConfig) -> anyhow::Result
         .bootstrap_admin_token
         .clone()
         .unwrap_or_else(|| secret::generate(secret::ADMIN_ENV));
+    let generated = cfg.bootstrap_admin_token.is_none();
+    let path = cfg.data_dir.join(TOKEN_FILE);
+    // a token file left by an earlier run of this node (crash after writing it) is reused
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if generated && secret::parse(t.trim()).is_ok() => t.trim().to_owned(),
+        _ => token,
+    };
     let token_id = secret::parse(&token)
         .map_err(|e| anyhow::anyhow!("bootstrap admin token: {e}"))?
         .key_id();
+    let mut written = false;
     loop {
         // bootstrapped: by this node's write (perhaps one that timed out but committed) or another's
         let (done, ours) = ctx.sm.read(|d| {
@@ -240,15 +258,22 @@ async fn bootstrap_when_leader(ctx: NodeCtx, cfg: StoreConfig) -> anyhow::Result
             )
         });
         if done && ours {
-            if cfg.bootstrap_admin_token.is_none() {
-                write_token_file(&cfg.data_dir, &token)?;
-            }
             return Ok(Some(token));
         }
         if done {
+            // another node bootstrapped the cluster with its own token: ours is worthless
+            if generated {
+                let _ = std::fs::remove_file(&path);
+            }
             return Ok(None);
         }
         if ctx.raft.is_leader() {
+            // the token is on disk before it can be committed, so a crash right after the
+            // commit cannot lose the only admin credential
+            if generated && !written {
+                write_token_file(&cfg.data_dir, &token)?;
+                written = true;
+            }
             let cmd = bootstrap_command(&token, ClusterSecret::generate())
                 .map_err(|s| anyhow::anyhow!(s.message().to_owned()))?;
             let id = format!("bootstrap-{}", uuid::Uuid::new_v4());
@@ -262,7 +287,7 @@ async fn bootstrap_when_leader(ctx: NodeCtx, cfg: StoreConfig) -> anyhow::Result
 fn write_token_file(dir: &std::path::Path, token: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("bootstrap-admin-token");
+    let path = dir.join(TOKEN_FILE);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)

@@ -38,7 +38,8 @@ pub struct ClusterStatus {
     pub disk_bytes: u64,
 }
 
-/// `with_digest` also hashes the whole state (from an O(1) clone, outside the state lock).
+/// `with_digest` also hashes the whole state, from a clone (O(1) for the ledger, usage index,
+/// dedup table and audit log; config maps are copied) taken under the lock and hashed outside it.
 pub fn cluster_status(
     id: u64,
     raft: &Raft,

@@ -229,6 +229,13 @@ impl admin_server::Admin for AdminService {
             )));
         }
         let op: AdminOp = serde_json::from_slice(&body.op_json).map_err(|e| bad_json("op", &e))?;
+        // refuse unknown, revoked or under-privileged tokens before anything reaches the log;
+        // `apply` checks again against the replicated state at its position in the log
+        let need = match op {
+            AdminOp::CreateAdminToken { .. } | AdminOp::RevokeAdminToken { .. } => Role::Admin,
+            _ => Role::Operator,
+        };
+        authorize_read(&actor, &self.ctx.sm, need)?;
         let cluster = self.ctx.sm.read(|d| d.state.secret.clone());
         let (command, secret) = to_command(op, cluster.as_ref())?;
         let (outcome, log_index) = self.ctx.write(body.request_id, actor, command).await?;
@@ -242,10 +249,20 @@ impl admin_server::Admin for AdminService {
         self.authorize_admin(&req, Role::Viewer).await?;
         let query: AdminQuery =
             serde_json::from_slice(&req.get_ref().query_json).map_err(|e| bad_json("query", &e))?;
-        let value = self
-            .ctx
-            .sm
-            .read(|d| queries::run(&d.state, d.last_applied.map(|l| l.index), &query))?;
+        let value = if matches!(query, AdminQuery::StateDigest) {
+            // hashing encodes the whole state: do it on a clone, outside the state lock
+            let (state, applied) = self
+                .ctx
+                .sm
+                .read(|d| (d.state.clone(), d.last_applied.map(|l| l.index)));
+            tokio::task::spawn_blocking(move || queries::run(&state, applied, &query))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        } else {
+            self.ctx
+                .sm
+                .read(|d| queries::run(&d.state, d.last_applied.map(|l| l.index), &query))?
+        };
         Ok(Response::new(ReadResponse {
             result_json: json_response(&value)?,
         }))
@@ -258,13 +275,17 @@ impl admin_server::Admin for AdminService {
         let actor = admin_actor(&req, &self.ctx.sm)?;
         authorize_read(&actor, &self.ctx.sm, Role::Viewer)?;
         let with_digest = req.get_ref().with_digest;
-        let status = cluster_status(
+        let (id, raft, sm, durable) = (
             self.ctx.id,
-            &self.ctx.raft,
-            &self.ctx.sm,
-            &self.durable,
-            with_digest,
+            self.ctx.raft.clone(),
+            self.ctx.sm.clone(),
+            self.durable.clone(),
         );
+        let status = tokio::task::spawn_blocking(move || {
+            cluster_status(id, &raft, &sm, &durable, with_digest)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ClusterStatusResponse {
             status_json: json_response(&status)?,
         }))

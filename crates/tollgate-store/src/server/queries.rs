@@ -58,7 +58,7 @@ pub fn run(state: &State, applied_index: Option<u64>, q: &AdminQuery) -> Result<
             let n = (*limit).min(READ_PAGE_MAX) as usize;
             to_json(state.audit.iter().skip(start).take(n).collect::<Vec<_>>())
         }
-        AdminQuery::AuditVerify => match verify_chain(None, &state.audit) {
+        AdminQuery::AuditVerify => match verify_chain(None, state.audit.iter()) {
             Ok(n) => {
                 json!({"ok": true, "records": n, "head": state.audit.last().map(|r| r.hash.clone())})
             }

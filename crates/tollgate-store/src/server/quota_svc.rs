@@ -108,6 +108,7 @@ impl quota_server::Quota for QuotaService {
         req: Request<WatchConfigRequest>,
     ) -> Result<Response<ConfigStream>, Status> {
         self.authorize(&req)?;
+        let actor = admin_actor(&req, &self.ctx.sm)?;
         let mut known = req.into_inner().known_version;
         let mut rx = self.ctx.sm.subscribe_config();
         let svc = QuotaService {
@@ -115,6 +116,11 @@ impl quota_server::Quota for QuotaService {
         };
         let stream = async_stream_like(move |tx| async move {
             loop {
+                // re-check the caller on every change: a revoked token stops receiving config
+                if let Err(denied) = authorize_read(&actor, &svc.ctx.sm, Role::Operator) {
+                    let _ = tx.send(Err(denied)).await;
+                    return;
+                }
                 if let Some(snap) = svc.snapshot()
                     && snap.version != known
                 {

@@ -89,6 +89,7 @@ impl StateMachineStore {
             last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
+        // false when a newer snapshot was installed meanwhile; that one stays current
         self.snapshots.write(&meta, &bytes)?;
         Ok(Snapshot {
             meta,
@@ -155,10 +156,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let mut new_data: SmData = decode(&snapshot)?;
+        // decode and persist on the blocking pool: a snapshot can be large
+        let files = self.snapshots.clone();
+        let meta_copy = meta.clone();
+        let mut new_data: SmData = tokio::task::spawn_blocking(move || -> io::Result<SmData> {
+            let data = decode(&snapshot)?;
+            files.write(&meta_copy, &snapshot)?;
+            Ok(data)
+        })
+        .await
+        .map_err(io::Error::other)??;
         new_data.last_applied = meta.last_log_id;
         new_data.membership = meta.last_membership.clone();
-        self.snapshots.write(meta, &snapshot)?;
         let version = new_data.state.config_version;
         *self
             .handle
