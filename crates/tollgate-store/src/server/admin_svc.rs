@@ -36,12 +36,41 @@ impl AdminService {
         }
     }
 
+    async fn change(&self, change: ChangeMembers<u64, BasicNode>) -> Result<(), Status> {
+        self.ctx
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(raft_err)?;
+        Ok(())
+    }
+
+    fn membership_response(&self) -> Result<Response<MembershipResponse>, Status> {
+        let status = cluster_status(
+            self.ctx.id,
+            &self.ctx.raft,
+            &self.ctx.sm,
+            &self.durable,
+            false,
+        );
+        Ok(Response::new(MembershipResponse {
+            status_json: json_response(&status)?,
+        }))
+    }
+
     async fn authorize_admin<T>(&self, req: &Request<T>, need: Role) -> Result<(), Status> {
         self.require_leader()?;
         self.ctx.linearizable().await?;
         let actor = admin_actor(req, &self.ctx.sm)?;
         authorize_read(&actor, &self.ctx.sm, need)
     }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> Status {
+    api_status(ApiError::new(
+        ErrorCode::StoreUnavailable,
+        format!("raft: {e}"),
+    ))
 }
 
 fn id_err(param: &str, e: IdError) -> Status {
@@ -317,28 +346,14 @@ impl admin_server::Admin for AdminService {
                 ),
             )));
         }
-        let raft_err = |e: String| api_status(ApiError::new(ErrorCode::StoreUnavailable, e));
         self.ctx
             .raft
             .add_learner(node_id, BasicNode { addr }, true)
             .await
-            .map_err(|e| raft_err(e.to_string()))?;
-        let add = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
-        self.ctx
-            .raft
-            .change_membership(add, false)
-            .await
-            .map_err(|e| raft_err(e.to_string()))?;
-        let status = cluster_status(
-            self.ctx.id,
-            &self.ctx.raft,
-            &self.ctx.sm,
-            &self.durable,
-            false,
-        );
-        Ok(Response::new(MembershipResponse {
-            status_json: json_response(&status)?,
-        }))
+            .map_err(raft_err)?;
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])))
+            .await?;
+        self.membership_response()
     }
 
     async fn remove_node(
@@ -347,7 +362,6 @@ impl admin_server::Admin for AdminService {
     ) -> Result<Response<MembershipResponse>, Status> {
         self.authorize_admin(&req, Role::Admin).await?;
         let node_id = req.into_inner().node_id;
-        let raft_err = |e: String| api_status(ApiError::new(ErrorCode::StoreUnavailable, e));
         let m = self
             .ctx
             .raft
@@ -361,33 +375,14 @@ impl admin_server::Admin for AdminService {
                 "node {node_id} is not a member"
             ))));
         }
-        let voters: BTreeSet<u64> = m.voter_ids().collect();
-        if voters.contains(&node_id) {
-            let remove = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
-            self.ctx
-                .raft
-                .change_membership(remove, false)
-                .await
-                .map_err(|e| raft_err(e.to_string()))?;
+        let ids = BTreeSet::from([node_id]);
+        let change = if m.voter_ids().any(|v| v == node_id) {
+            ChangeMembers::RemoveVoters(ids)
         } else {
-            let remove: ChangeMembers<u64, BasicNode> =
-                ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
-            self.ctx
-                .raft
-                .change_membership(remove, false)
-                .await
-                .map_err(|e| raft_err(e.to_string()))?;
-        }
-        let status = cluster_status(
-            self.ctx.id,
-            &self.ctx.raft,
-            &self.ctx.sm,
-            &self.durable,
-            false,
-        );
-        Ok(Response::new(MembershipResponse {
-            status_json: json_response(&status)?,
-        }))
+            ChangeMembers::RemoveNodes(ids)
+        };
+        self.change(change).await?;
+        self.membership_response()
     }
 }
 
