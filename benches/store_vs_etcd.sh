@@ -32,12 +32,13 @@ for _ in range(6): out = alpha[n % 62] + out; n //= 62
 print(f"{body}_{out}")
 PY
 )
+PEER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 P1=$(port); P2=$(port); P3=$(port)
 IC="1=127.0.0.1:$P1,2=127.0.0.1:$P2,3=127.0.0.1:$P3"
 for i in 1 2 3; do
   eval "P=\$P$i"
   "$BIN" store --node-id $i --listen 127.0.0.1:$P --data-dir "$WORK/store-$i" --initial-cluster "$IC" \
-    --bootstrap-admin-token "$TOKEN" >"$WORK/store-$i.log" 2>&1 &
+    --bootstrap-admin-token "$TOKEN" --peer-token "$PEER" >"$WORK/store-$i.log" 2>&1 &
   PIDS+=($!)
 done
 EC=$(port); EP=$(port)

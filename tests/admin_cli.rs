@@ -273,6 +273,7 @@ fn a_generated_bootstrap_token_is_written_0600_and_works() {
         .args(["store", "--node-id", "1", "--listen", &addr, "--data-dir"])
         .arg(&data)
         .args(["--initial-cluster", &format!("1={addr}")])
+        .args(["--peer-token", &tollgate_types::secret::generate("peer")])
         .env_remove("TOLLGATE_BOOTSTRAP_ADMIN_TOKEN")
         .stdout(log.try_clone().expect("fd"))
         .stderr(log)

@@ -87,6 +87,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<StoreProc>,
     pub token: String,
+    pub peer_token: String,
 }
 
 impl Cluster {
@@ -102,10 +103,12 @@ impl Cluster {
             .map(|(i, a)| format!("{i}={a}"))
             .collect::<Vec<_>>()
             .join(",");
+        let peer_token = secret::generate("peer");
         let mut cluster = Cluster {
             dir,
             nodes: Vec::new(),
             token,
+            peer_token,
         };
         for (id, addr) in &addrs {
             let extra = vec!["--initial-cluster".to_owned(), initial.clone()];
@@ -135,6 +138,8 @@ impl Cluster {
             self.token.clone(),
             "--snapshot-logs".into(),
             snapshot_logs.to_string(),
+            "--peer-token".into(),
+            self.peer_token.clone(),
         ];
         args.extend(extra);
         let mut p = StoreProc {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tollgate_proto::raft::{
     RaftPayload, SnapshotFrame, raft_client::RaftClient, snapshot_frame::Frame,
 };
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::{Channel, Endpoint};
 
 /// Bytes per snapshot chunk.
@@ -25,13 +27,68 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 const KEEPALIVE_MS: u64 = 5_000;
 
+/// Metadata carrying the cluster's peer token on every Raft RPC.
+pub const PEER_TOKEN_METADATA: &str = "x-tollgate-peer-token";
+/// Shortest accepted peer token.
+pub const PEER_TOKEN_CHARS_MIN: usize = 32;
+
+/// Checks a peer token's shape (length, printable ASCII) before a node starts with it.
+pub fn check_peer_token(token: &str) -> Result<(), String> {
+    let printable = token.bytes().all(|b| b.is_ascii_graphic());
+    if token.len() < PEER_TOKEN_CHARS_MIN || token.len() > 256 || !printable {
+        return Err(format!(
+            "the peer token must be {PEER_TOKEN_CHARS_MIN} to 256 printable ASCII characters (the same on every node)"
+        ));
+    }
+    Ok(())
+}
+
+/// Adds the peer token to every outgoing Raft RPC.
+#[derive(Clone)]
+pub struct PeerToken(MetadataValue<Ascii>);
+
+impl PeerToken {
+    pub fn new(token: &str) -> Result<PeerToken, String> {
+        check_peer_token(token)?;
+        token
+            .parse()
+            .map(PeerToken)
+            .map_err(|_| "the peer token is not valid ASCII metadata".to_owned())
+    }
+
+    /// Server side: whether a request carries this token (constant-time compare).
+    pub fn verify<T>(&self, req: &tonic::Request<T>) -> bool {
+        use subtle::ConstantTimeEq;
+        req.metadata().get(PEER_TOKEN_METADATA).is_some_and(|v| {
+            v.as_bytes().len() == self.0.as_bytes().len()
+                && bool::from(v.as_bytes().ct_eq(self.0.as_bytes()))
+        })
+    }
+}
+
+impl Interceptor for PeerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert(PEER_TOKEN_METADATA, self.0.clone());
+        Ok(req)
+    }
+}
+
 /// Creates (and caches) one channel per peer address.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     channels: Arc<Mutex<BTreeMap<NodeId, (String, Channel)>>>,
+    token: PeerToken,
 }
 
 impl Network {
+    pub fn new(token: PeerToken) -> Network {
+        Network {
+            channels: Arc::default(),
+            token,
+        }
+    }
+
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
         let mut map = self
             .channels
@@ -59,9 +116,11 @@ pub fn peer_channel(addr: &str) -> Result<Channel, String> {
     Ok(ep.connect_lazy())
 }
 
+type Client = RaftClient<InterceptedService<Channel, PeerToken>>;
+
 pub struct PeerClient {
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<Client, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -69,7 +128,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let client = self.channel(target, &node.addr).map(|ch| {
-            RaftClient::new(ch)
+            RaftClient::with_interceptor(ch, self.token.clone())
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
         });
@@ -92,7 +151,7 @@ fn status_error(target: NodeId, s: &tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl PeerClient {
-    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<Client, RPCError<TypeConfig>> {
         self.client.clone().map_err(unreachable)
     }
 

@@ -1,7 +1,7 @@
 //! A running store node: opens storage, starts Raft and the gRPC server, initializes a new
 //! cluster from `initial_cluster` and proposes the bootstrap entry once a leader exists.
 
-use crate::network::{Network, PEER_MESSAGE_BYTES_MAX};
+use crate::network::{Network, PEER_MESSAGE_BYTES_MAX, PeerToken};
 use crate::server::NodeCtx;
 use crate::server::admin_svc::{AdminService, bootstrap_command};
 use crate::server::quota_svc::QuotaService;
@@ -70,6 +70,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// `id -> address` of the founding members; `None` when joining an existing cluster.
     pub initial_cluster: Option<BTreeMap<NodeId, String>>,
+    /// Shared secret every Raft RPC between nodes must carry (the same on every node).
+    pub peer_token: String,
     /// The first admin token; generated when `None`.
     pub bootstrap_admin_token: Option<String>,
     pub heartbeat_ms: u64,
@@ -80,13 +82,19 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> StoreConfig {
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        peer_token: String,
+    ) -> StoreConfig {
         StoreConfig {
             node_id,
             listen,
             advertise: None,
             data_dir,
             initial_cluster: None,
+            peer_token,
             bootstrap_admin_token: None,
             // openraft gives replication RPCs one heartbeat interval to answer; on a loaded
             // 2-core machine a follower's fsync can take 100+ ms, so leave room
@@ -128,6 +136,7 @@ pub struct StoreNode {
 
 impl StoreNode {
     pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreNode> {
+        let peer_token = PeerToken::new(&cfg.peer_token).map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&cfg.data_dir)?;
         let durable = Durable::open(&cfg.data_dir)?;
         let log = LogStore::open(durable.clone())?;
@@ -136,7 +145,7 @@ impl StoreNode {
         let raft = Raft::new(
             cfg.node_id,
             std::sync::Arc::new(cfg.raft_config()?),
-            Network::default(),
+            Network::new(peer_token.clone()),
             log,
             sm,
         )
@@ -146,7 +155,7 @@ impl StoreNode {
         let listener = TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
-        let server = tokio::spawn(serve(listener, ctx.clone(), durable, rx));
+        let server = tokio::spawn(serve(listener, ctx.clone(), durable, peer_token, rx));
 
         let mut bootstrap = None;
         if let Some(members) = &cfg.initial_cluster {
@@ -179,8 +188,14 @@ impl StoreNode {
     }
 }
 
-async fn serve(listener: TcpListener, ctx: NodeCtx, durable: Durable, stop: oneshot::Receiver<()>) {
-    let raft_svc = RaftServer::new(RaftService::new(ctx.raft.clone()))
+async fn serve(
+    listener: TcpListener,
+    ctx: NodeCtx,
+    durable: Durable,
+    peer_token: PeerToken,
+    stop: oneshot::Receiver<()>,
+) {
+    let raft_svc = RaftServer::new(RaftService::new(ctx.raft.clone(), peer_token))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let admin = AdminServer::new(AdminService::new(ctx.clone(), durable))

@@ -68,6 +68,7 @@ async fn watch_usage_and_leases_over_grpc() {
         1,
         "127.0.0.1:0".parse().expect("addr"),
         dir.path().to_path_buf(),
+        secret::generate("peer"),
     );
     // port 0: the node learns its port at bind; membership needs the real address, so bind first
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -143,7 +144,19 @@ async fn watch_usage_and_leases_over_grpc() {
         .connect()
         .await
         .expect("connect");
-    let mut q = QuotaClient::new(channel);
+    let mut q = QuotaClient::new(channel.clone());
+
+    // Raft RPCs without the cluster's peer token are refused before they reach openraft
+    let mut raft = tollgate_proto::raft::raft_client::RaftClient::new(channel.clone());
+    let forged = raft
+        .vote(tollgate_proto::raft::RaftPayload {
+            data: vec![1, 2, 3],
+        })
+        .await;
+    assert_eq!(
+        forged.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
 
     // unauthenticated callers are refused
     let denied = q

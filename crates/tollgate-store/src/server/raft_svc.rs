@@ -1,6 +1,7 @@
 //! Server side of the Raft RPCs: decode, hand to openraft, encode `Result<reply, String>`.
 
 use crate::codec::{decode, encode};
+use crate::network::PeerToken;
 use crate::types::{Raft, Snapshot, SnapshotMeta, Vote};
 use futures::StreamExt;
 use tollgate_proto::raft::{RaftPayload, SnapshotFrame, raft_server, snapshot_frame::Frame};
@@ -11,11 +12,23 @@ pub const SNAPSHOT_BYTES_MAX: usize = 4 << 30;
 
 pub struct RaftService {
     raft: Raft,
+    token: PeerToken,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+    pub fn new(raft: Raft, token: PeerToken) -> RaftService {
+        RaftService { raft, token }
+    }
+
+    /// Only cluster members (holders of the peer token) may speak Raft to this node.
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.token.verify(req) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "Raft RPCs need the cluster's peer token (--peer-token)",
+            ))
+        }
     }
 }
 
@@ -37,11 +50,13 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check(&req)?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         reply(self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check(&req)?;
         let rpc = decode(&req.into_inner().data).map_err(bad)?;
         reply(self.raft.vote(rpc).await)
     }
@@ -50,6 +65,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<Streaming<SnapshotFrame>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check(&req)?;
         let mut frames = req.into_inner();
         let header = match frames.next().await {
             Some(Ok(SnapshotFrame {

@@ -107,7 +107,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .or_else(|| tmp.as_ref().map(|t| t.path().to_path_buf()))
         .context("no data dir")?;
     let token = secret::generate(secret::ADMIN_ENV);
-    let mut cfg = StoreConfig::new(1, args.store_listen, data_dir.join("store-1"));
+    let peer_token = secret::generate("peer");
+    let mut cfg = StoreConfig::new(1, args.store_listen, data_dir.join("store-1"), peer_token);
     cfg.initial_cluster = Some(BTreeMap::from([(1, args.store_listen.to_string())]));
     cfg.bootstrap_admin_token = Some(token.clone());
     let node = StoreNode::start(cfg)

@@ -32,6 +32,10 @@ pub struct StoreArgs {
     /// <data-dir>/bootstrap-admin-token when absent.
     #[arg(long, env = "TOLLGATE_BOOTSTRAP_ADMIN_TOKEN", hide_env_values = true)]
     pub bootstrap_admin_token: Option<String>,
+    /// Shared secret that every Raft RPC between store nodes carries; the same on every node,
+    /// at least 32 printable characters (e.g. `openssl rand -hex 32`).
+    #[arg(long, env = "TOLLGATE_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: String,
     /// Admin token used by --join.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -65,7 +69,12 @@ pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 
 impl StoreArgs {
     fn config(&self) -> anyhow::Result<StoreConfig> {
-        let mut cfg = StoreConfig::new(self.node_id, self.listen, self.data_dir.clone());
+        let mut cfg = StoreConfig::new(
+            self.node_id,
+            self.listen,
+            self.data_dir.clone(),
+            self.peer_token.clone(),
+        );
         cfg.advertise = self.advertise.clone();
         cfg.bootstrap_admin_token = self.bootstrap_admin_token.clone();
         cfg.snapshot_logs = self.snapshot_logs.max(10);
