@@ -72,9 +72,6 @@ impl State {
     /// Applies one request. Expected refusals (bad input, no permission, not found) are
     /// `Ok(Outcome::Error)`; `Err` means an invariant broke and the replica must stop.
     pub fn apply(&mut self, req: &Request) -> Result<Outcome, InvariantViolation> {
-        if let Some(previous) = self.dedup.get(&req.id) {
-            return Ok(previous.clone());
-        }
         let now = self.clock_ms.max(req.ts_ms);
         if now < self.clock_ms {
             return Err(InvariantViolation::Sm1 {
@@ -84,12 +81,21 @@ impl State {
         }
         self.clock_ms = now;
         self.dedup.prune(now);
+        // admission before dedup: a repeated id answers only a caller allowed to send it, and a
+        // refusal is not remembered (a later, authorized retry with the same id still runs)
+        let actor = match self.admit(req) {
+            Ok(actor) => actor,
+            Err(e) => return Ok(Outcome::Error(e)),
+        };
+        if let Some(previous) = self.dedup.get(&req.id) {
+            return Ok(previous.clone());
+        }
         let mut touched = Touched {
             ledger_from: self.ledger.len(),
             audit_from: self.audit.len(),
             ..Default::default()
         };
-        let outcome = match self.execute(req, &mut touched) {
+        let outcome = match self.execute(req, actor.as_deref(), &mut touched) {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Error(e),
         };
@@ -97,21 +103,23 @@ impl State {
         // usage batches are deduplicated per record (LG-1): a retried batch gets `Duplicate`
         // acks with the original sequence numbers, so their outcomes need not be kept here
         let per_record = matches!(req.command, Command::RecordUsage { .. });
-        if req.id.len() <= REQUEST_ID_BYTES_MAX && !per_record {
+        if !per_record {
             self.dedup.insert(&req.id, now, outcome.clone());
         }
         Ok(outcome)
     }
 
-    fn execute(&mut self, req: &Request, touched: &mut Touched) -> Result<Outcome, ApiError> {
+    /// Checks the request id and the actor; returns the actor's audit name (`None` for the
+    /// bootstrap entry, which checks its own preconditions).
+    fn admit(&self, req: &Request) -> Result<Option<String>, ApiError> {
         if req.id.is_empty() || req.id.len() > REQUEST_ID_BYTES_MAX {
             return Err(ApiError::invalid(
                 "request_id",
                 format!("request ids are 1 to {REQUEST_ID_BYTES_MAX} bytes"),
             ));
         }
-        if let Command::Bootstrap { secret, admin } = &req.command {
-            return self.bootstrap(req, secret, admin);
+        if matches!(req.command, Command::Bootstrap { .. }) {
+            return Ok(None);
         }
         if self.secret.is_none() {
             return Err(ApiError::new(
@@ -119,8 +127,25 @@ impl State {
                 "the cluster is not bootstrapped yet",
             ));
         }
-        let actor = self.authorize(&req.actor, &req.command)?;
-        let ctx = Ctx { req, actor: &actor };
+        self.authorize(&req.actor, &req.command).map(Some)
+    }
+
+    fn execute(
+        &mut self,
+        req: &Request,
+        actor: Option<&str>,
+        touched: &mut Touched,
+    ) -> Result<Outcome, ApiError> {
+        let Some(actor) = actor else {
+            return match &req.command {
+                Command::Bootstrap { secret, admin } => self.bootstrap(req, secret, admin),
+                _ => Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "request was not admitted",
+                )),
+            };
+        };
+        let ctx = Ctx { req, actor };
         match &req.command {
             Command::Acquire {
                 gateway,

@@ -348,3 +348,50 @@ fn unauthorized_and_revoked_tokens_are_refused_in_apply() {
     );
     assert!(f.state.orgs.contains_key(&id::<OrgId>("acme")));
 }
+
+#[test]
+fn refusals_are_not_remembered_and_repeats_answer_only_authorized_callers() {
+    let mut f = Fixture::new();
+    let secret = f.state.secret.clone().expect("bootstrapped");
+    let op = AdminTokenRecord {
+        id: id("admin_op"),
+        name: "op".into(),
+        role: Role::Operator,
+        digest: secret.digest("op-secret"),
+        revoked: false,
+        created_at_ms: 0,
+    };
+    f.run(Command::CreateAdminToken(op));
+    let create = Command::CreateOrg(Org {
+        id: id("beta"),
+        name: "B".into(),
+        status: OrgStatus::Active,
+        tier: 0,
+    });
+    let mut req = f.request(create);
+    // refused with a wrong secret: not cached under the id
+    req.actor = Actor::Admin {
+        token_id: id("admin_op"),
+        digest: secret.digest("wrong"),
+    };
+    let refused = f.state.apply(&req).expect("ok");
+    assert_eq!(
+        refused.error().map(|e| e.code),
+        Some(tollgate_types::ErrorCode::InvalidApiKey)
+    );
+    // the same id with the right secret runs
+    req.actor = Actor::Admin {
+        token_id: id("admin_op"),
+        digest: secret.digest("op-secret"),
+    };
+    let done = f.state.apply(&req).expect("ok");
+    assert!(matches!(done, Outcome::Done { .. }), "{done:?}");
+    assert!(f.state.orgs.contains_key(&id::<OrgId>("beta")));
+    // after revocation, a repeat of the id is refused, not answered from the dedup table
+    f.run(Command::RevokeAdminToken { id: id("admin_op") });
+    let repeat = f.state.apply(&req).expect("ok");
+    assert_eq!(
+        repeat.error().map(|e| e.code),
+        Some(tollgate_types::ErrorCode::InvalidApiKey)
+    );
+}
