@@ -166,6 +166,20 @@ impl State {
         }
     }
 
+    /// Drops buckets of past periods that hold nothing, once per store minute. Usage always
+    /// settles into the current period, so a past bucket without holds never changes again;
+    /// the ledger keeps the history.
+    pub(crate) fn prune_buckets(&mut self) {
+        let minute = self.clock_ms / 60_000;
+        if minute <= self.pruned_minute {
+            return;
+        }
+        self.pruned_minute = minute;
+        let now = self.clock_ms;
+        self.buckets
+            .retain(|(key, period), b| b.held > 0 || *period >= bucket_period(key.dimension, now));
+    }
+
     /// Releases the holds of leases past their release time, in lease id order.
     pub(crate) fn release_expired(&mut self, touched: &mut Touched) {
         let now = self.clock_ms;
@@ -188,6 +202,7 @@ impl State {
                 touched.buckets.push(lease.bucket);
             }
         }
+        self.prune_buckets();
     }
 
     fn grant(&mut self, gateway: &str, w: &Want, touched: &mut Touched) -> Result<Grant, ApiError> {

@@ -51,6 +51,8 @@ pub struct State {
     pub models: BTreeMap<ModelName, ModelDef>,
     pub limits: BTreeMap<LimitKey, Limit>,
     pub buckets: BTreeMap<BucketId, Bucket>,
+    /// Store minute of the last sweep of past-period buckets.
+    pub pruned_minute: u64,
     pub leases: Leases,
     /// The usage ledger; `ledger[i].seq == i + 1`. Persistent (structurally shared) collections:
     /// a snapshot clones them in O(1) instead of copying every record under the state lock.

@@ -395,3 +395,32 @@ fn refusals_are_not_remembered_and_repeats_answer_only_authorized_callers() {
         Some(tollgate_types::ErrorCode::InvalidApiKey)
     );
 }
+
+#[test]
+fn past_minute_buckets_without_holds_are_pruned() {
+    let mut f = Fixture::new();
+    let rpm = Limit {
+        scope: Scope::Org { org: id("acme") },
+        model: None,
+        dimension: Dimension::RequestsPerMinute,
+        limit: 600,
+        burst: 0,
+        fail_policy: FailPolicy::Strict,
+        shadow: false,
+    };
+    f.run(Command::PutLimit(rpm));
+    f.run(Command::RecordUsage {
+        records: vec![record(1, 10, 0)],
+    });
+    let minutes = |s: &State| s.buckets.keys().map(|(_, p)| *p).collect::<Vec<_>>();
+    let first = minutes(&f.state);
+    assert_eq!(first.len(), 1);
+    f.ts += 120_000;
+    f.run(Command::RecordUsage {
+        records: vec![record(2, 10, 0)],
+    });
+    let later = minutes(&f.state);
+    assert_eq!(later.len(), 1, "the old minute's bucket is gone: {later:?}");
+    assert_ne!(later, first);
+    assert_eq!(f.state.ledger.len(), 2, "the ledger keeps the history");
+}
