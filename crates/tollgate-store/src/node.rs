@@ -41,12 +41,11 @@ pub const PEER_ADDR_BYTES_MAX: usize = 255;
 /// Checks a peer address: `host:port` where host is an IP (IPv6 in brackets) or a DNS name.
 pub fn check_peer_addr(addr: &str) -> Result<(), String> {
     let bad = || format!("'{addr}' is not host:port (an IP address or DNS name, and a port)");
-    if addr.len() > PEER_ADDR_BYTES_MAX || addr.parse::<SocketAddr>().is_ok() {
-        return if addr.len() > PEER_ADDR_BYTES_MAX {
-            Err(bad())
-        } else {
-            Ok(())
-        };
+    if addr.len() > PEER_ADDR_BYTES_MAX {
+        return Err(bad());
+    }
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
     }
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     let host_ok = !host.is_empty()
