@@ -65,6 +65,7 @@ fn setup() -> (State, u64) {
     let mut n = 0;
     let cmds = vec![
         Command::Bootstrap {
+            keygen: ClusterSecret::generate(),
             secret: secret.clone(),
             admin,
         },

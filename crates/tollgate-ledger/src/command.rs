@@ -42,6 +42,9 @@ pub enum Command {
     /// First entry of a new cluster: the key-digest secret and the first admin token.
     Bootstrap {
         secret: ClusterSecret,
+        /// Store-only key from which API keys and admin tokens are derived (never shipped to
+        /// gateways, unlike `secret`).
+        keygen: ClusterSecret,
         admin: AdminTokenRecord,
     },
     CreateOrg(Org),

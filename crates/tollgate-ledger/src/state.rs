@@ -42,6 +42,8 @@ pub struct State {
     pub clock_ms: u64,
     /// HMAC secret for key and token digests; `None` until bootstrap.
     pub secret: Option<ClusterSecret>,
+    /// Store-only key for deriving new API keys and admin tokens from request ids.
+    pub keygen: Option<ClusterSecret>,
     /// Bumped by every configuration change; gateways watch it.
     pub config_version: u64,
     pub orgs: BTreeMap<OrgId, Org>,
@@ -140,7 +142,11 @@ impl State {
     ) -> Result<Outcome, ApiError> {
         let Some(actor) = actor else {
             return match &req.command {
-                Command::Bootstrap { secret, admin } => self.bootstrap(req, secret, admin),
+                Command::Bootstrap {
+                    secret,
+                    keygen,
+                    admin,
+                } => self.bootstrap(req, secret, keygen, admin),
                 _ => Err(ApiError::new(
                     ErrorCode::Internal,
                     "request was not admitted",
@@ -163,6 +169,7 @@ impl State {
         &mut self,
         req: &Request,
         secret: &ClusterSecret,
+        keygen: &ClusterSecret,
         admin: &AdminTokenRecord,
     ) -> Result<Outcome, ApiError> {
         if req.actor != Actor::System {
@@ -178,6 +185,7 @@ impl State {
             ));
         }
         self.secret = Some(secret.clone());
+        self.keygen = Some(keygen.clone());
         let mut admin = admin.clone();
         admin.role = Role::Admin;
         admin.created_at_ms = self.clock_ms;

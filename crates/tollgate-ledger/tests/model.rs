@@ -43,6 +43,7 @@ impl Fixture {
             ts: 1_700_000_000_000,
         };
         f.run(Command::Bootstrap {
+            keygen: ClusterSecret::generate(),
             secret: secret.clone(),
             admin,
         });

@@ -108,18 +108,30 @@ async fn watch_usage_and_leases_over_grpc() {
         }))
         .await
         .expect("project");
+    let create_key = AdminOp::CreateKey {
+        org: "acme".parse_id(),
+        project: "web".parse_id(),
+        name: "k".into(),
+        env: "live".into(),
+        allowed_models: vec![],
+        scopes: vec![],
+        expires_at_ms: None,
+    };
     let key = admin
-        .write(&AdminOp::CreateKey {
-            org: "acme".parse_id(),
-            project: "web".parse_id(),
-            name: "k".into(),
-            env: "live".into(),
-            allowed_models: vec![],
-            scopes: vec![],
-            expires_at_ms: None,
-        })
+        .write_with_id("key-1".into(), &create_key)
         .await
         .expect("key");
+    // a retry with the same request id (say, after a timeout) shows the same key again
+    let retried = admin
+        .write_with_id("key-1".into(), &create_key)
+        .await
+        .expect("retry");
+    assert_eq!((&retried.id, &retried.secret), (&key.id, &key.secret));
+    assert!(
+        key.secret
+            .as_deref()
+            .is_some_and(|s| s.starts_with("tg_live_"))
+    );
     let key_id = key.id.expect("key id");
     let budget = Limit {
         scope: Scope::Org {

@@ -77,14 +77,18 @@ fn id_err(param: &str, e: IdError) -> Status {
     api_status(ApiError::invalid(param, e.to_string()))
 }
 
-/// Turns an operator's op into a replicated command, generating secrets where needed.
-/// Returns the plaintext secret to show once.
+/// The cluster's digest key and the store-only key-derivation key.
+type Keys = (secret::ClusterSecret, secret::ClusterSecret);
+
+/// Turns an operator's op into a replicated command, deriving secrets where needed from the
+/// request id (a retry with the same id shows the same secret). Returns the plaintext to show.
 fn to_command(
     op: AdminOp,
-    sm_secret: Option<&secret::ClusterSecret>,
+    keys: Option<&Keys>,
+    request_id: &str,
 ) -> Result<(Command, Option<String>), Status> {
     let cluster = || {
-        sm_secret.ok_or_else(|| {
+        keys.ok_or_else(|| {
             api_status(ApiError::new(
                 ErrorCode::StoreUnavailable,
                 "not bootstrapped",
@@ -128,7 +132,7 @@ fn to_command(
                     "env must be 1-8 lowercase letters (e.g. live, test) and not 'admin'",
                 )));
             }
-            let plain = secret::generate(&env);
+            let plain = secret::derive(&env, &cluster()?.1, "api-key", request_id);
             let parsed = secret::parse(&plain)
                 .map_err(|e| api_status(ApiError::new(ErrorCode::Internal, e.to_string())))?;
             let id = KeyId::parse(&parsed.key_id()).map_err(|e| id_err("id", e))?;
@@ -137,7 +141,7 @@ fn to_command(
                 org,
                 project,
                 name,
-                digest: cluster()?.digest(&plain),
+                digest: cluster()?.0.digest(&plain),
                 status: KeyStatus::Active,
                 allowed_models,
                 scopes,
@@ -152,22 +156,14 @@ fn to_command(
         AdminOp::PutLimit(l) => (Command::PutLimit(l), None),
         AdminOp::DeleteLimit(k) => (Command::DeleteLimit(k), None),
         AdminOp::CreateAdminToken { name, role } => {
-            let (record, plain) = new_admin_token(&name, role, cluster()?)?;
+            let (digest_key, keygen) = cluster()?;
+            let plain = secret::derive(ADMIN_ENV, keygen, "admin-token", request_id);
+            let record = admin_token_record(&plain, &name, role, digest_key)?;
             (Command::CreateAdminToken(record), Some(plain))
         }
         AdminOp::RevokeAdminToken { id } => (Command::RevokeAdminToken { id }, None),
         AdminOp::ApplyConfig(doc) => (Command::ApplyConfig(doc), None),
     })
-}
-
-/// A fresh admin token and its record (digest only).
-pub fn new_admin_token(
-    name: &str,
-    role: Role,
-    cluster: &secret::ClusterSecret,
-) -> Result<(AdminTokenRecord, String), Status> {
-    let plain = secret::generate(ADMIN_ENV);
-    admin_token_record(&plain, name, role, cluster).map(|r| (r, plain))
 }
 
 /// The record for a given admin token plaintext (bootstrap uses a caller-chosen token).
@@ -265,8 +261,11 @@ impl admin_server::Admin for AdminService {
             _ => Role::Operator,
         };
         authorize_read(&actor, &self.ctx.sm, need)?;
-        let cluster = self.ctx.sm.read(|d| d.state.secret.clone());
-        let (command, secret) = to_command(op, cluster.as_ref())?;
+        let keys = self
+            .ctx
+            .sm
+            .read(|d| d.state.secret.clone().zip(d.state.keygen.clone()));
+        let (command, secret) = to_command(op, keys.as_ref(), &body.request_id)?;
         let (outcome, log_index) = self.ctx.write(body.request_id, actor, command).await?;
         let result = write_result(outcome, log_index, secret)?;
         Ok(Response::new(WriteResponse {
@@ -394,6 +393,7 @@ pub fn bootstrap_command(
     let record = admin_token_record(admin_token, "bootstrap", Role::Admin, &cluster)?;
     Ok(Command::Bootstrap {
         secret: cluster,
+        keygen: secret::ClusterSecret::generate(),
         admin: record,
     })
 }
