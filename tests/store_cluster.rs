@@ -106,12 +106,10 @@ async fn five_nodes_survive_losing_two_including_the_leader() {
     assert!(acked.iter().all(|id| ids.contains(id)));
 }
 
-// Quarantined: it finds an open bug. In about 1 of 3 to 1 of 8 runs the last acknowledged write
-// before the nodes are killed is missing after restart (always exactly one, the last). Not fixed
-// by inline fsync, by disabling sled's background flusher, or by letting older snapshots replace
-// newer ones; see the closing note of session 1. Run it with
-// `cargo test -p tollgate --test store_cluster -- --ignored kill_every`.
-#[ignore = "open bug: the last acknowledged write is sometimes lost when every node is killed (see comment)"]
+// This test found a real bug: openraft resumed leadership after a restart in the same term
+// from a committed vote, with a log that lacked the last entry its followers had made durable and
+// committed while the leader's own append was in flight. `LogStore::open` now reopens committed
+// votes as uncommitted, so a restarted node must win an election first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_every_node_during_writes_and_every_acknowledged_write_survives() {
     let mut c = Cluster::start(3, 50);

@@ -25,12 +25,25 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// Opens the log. A vote persisted as committed is reopened as uncommitted: openraft would
+    /// otherwise resume leadership in the same term without an election, and a leader's own log
+    /// may lack entries that followers made durable (and committed) while its local append was
+    /// still in flight when it crashed. An uncommitted vote keeps the term and the vote, so the
+    /// node can never vote twice in a term; it only has to win an election again.
     pub fn open(durable: Durable) -> io::Result<LogStore> {
-        Ok(LogStore {
+        let store = LogStore {
             log: durable.tree("raft_log")?,
             meta: durable.tree("raft_meta")?,
             durable,
-        })
+        };
+        if let Some(mut vote) = store.meta_get::<Vote>(VOTE)?
+            && vote.committed
+        {
+            vote.committed = false;
+            store.meta_put(VOTE, &vote)?;
+            store.durable.sync_blocking()?;
+        }
+        Ok(store)
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
