@@ -28,9 +28,11 @@ impl QuotaService {
         QuotaService { ctx }
     }
 
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Checks the caller's token (operator role) and returns it, for callers that re-check later.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<Actor, Status> {
         let actor = admin_actor(req, &self.ctx.sm)?;
-        authorize_read(&actor, &self.ctx.sm, Role::Operator)
+        authorize_read(&actor, &self.ctx.sm, Role::Operator)?;
+        Ok(actor)
     }
 
     fn gateway_actor(&self, id: &str) -> Result<Actor, Status> {
@@ -107,8 +109,7 @@ impl quota_server::Quota for QuotaService {
         &self,
         req: Request<WatchConfigRequest>,
     ) -> Result<Response<ConfigStream>, Status> {
-        self.authorize(&req)?;
-        let actor = admin_actor(&req, &self.ctx.sm)?;
+        let actor = self.authorize(&req)?;
         let mut known = req.into_inner().known_version;
         let mut rx = self.ctx.sm.subscribe_config();
         let svc = QuotaService {
