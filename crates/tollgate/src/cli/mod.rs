@@ -3,7 +3,9 @@
 mod admin_cmd;
 mod cluster_cmd;
 mod dev_cmd;
+mod gateway_cmd;
 mod limit_args;
+mod mock_cmd;
 mod output;
 mod store_cmd;
 
@@ -26,8 +28,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run a local Tollgate with no configuration: a store node seeded with a demo tenant.
+    /// Run a local Tollgate with no configuration: store, gateway and simulated upstreams,
+    /// seeded with a demo tenant.
     Dev(dev_cmd::DevArgs),
+    /// Run an OpenAI-compatible gateway node.
+    Gateway(gateway_cmd::GatewayArgs),
+    /// Run the simulated OpenAI-compatible model server (tests, benchmarks, chaos runs).
+    MockUpstream(mock_cmd::MockArgs),
     /// Run a quota-store node.
     Store(store_cmd::StoreArgs),
     /// Manage orgs, projects, keys, models, limits, admin tokens and the audit log.
@@ -73,6 +80,8 @@ pub fn init_tracing(filter: Option<&str>) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(a) => dev_cmd::run(a).await,
+        Command::Gateway(a) => gateway_cmd::run(a).await,
+        Command::MockUpstream(a) => mock_cmd::run(a).await,
         Command::Store(a) => store_cmd::run(a).await,
         Command::Admin(a) => admin_cmd::run(a).await,
         Command::Cluster(a) => cluster_cmd::run(a).await,

@@ -1,0 +1,73 @@
+//! The gateway's error type: an [`ApiError`] (one `ErrorCode` table for status, OpenAI
+//! `type`/`code`, source, retryability) plus what the response needs (retry hints), rendered as
+//! OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+
+use crate::body::{Body, full};
+use hyper::Response;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use std::time::Duration;
+use tollgate_types::{ApiError, ErrorCode};
+
+#[derive(Debug, Clone)]
+pub struct GwError {
+    pub api: ApiError,
+    /// Sent as `retry-after` / `retry-after-ms`.
+    pub retry_after: Option<Duration>,
+}
+
+impl From<ApiError> for GwError {
+    fn from(api: ApiError) -> Self {
+        GwError {
+            api,
+            retry_after: None,
+        }
+    }
+}
+
+impl GwError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> GwError {
+        ApiError::new(code, message).into()
+    }
+
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> GwError {
+        ApiError::invalid(param, message).into()
+    }
+
+    pub fn retry_after(mut self, d: Duration) -> GwError {
+        self.retry_after = Some(d);
+        self
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.api.code
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn body_json(&self) -> serde_json::Value {
+        let info = self.api.code.info();
+        serde_json::json!({"error": {
+            "message": self.api.message,
+            "type": info.openai_type,
+            "param": self.api.param,
+            "code": info.code,
+        }})
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = hyper::StatusCode::from_u16(self.api.code.info().http_status)
+            .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = full(status, self.body_json().to_string());
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(d) = self.retry_after {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                h.insert("retry-after", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&d.as_millis().to_string()) {
+                h.insert("retry-after-ms", v);
+            }
+        }
+        r
+    }
+}

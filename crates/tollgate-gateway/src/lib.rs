@@ -1,0 +1,139 @@
+//! The Tollgate gateway: an OpenAI-compatible HTTP data plane. Configuration (orgs, projects, key
+//! digests, models and routes) arrives from the quota store's watch stream into an atomically
+//! swapped [`snapshot::Snapshot`]; each request runs the phases in [`phases`], composed in
+//! [`pipeline`]; upstream selection and health live in [`router`].
+
+pub mod body;
+pub mod error;
+pub mod idempotency;
+pub mod metrics;
+pub mod phases;
+pub mod pipeline;
+pub mod router;
+pub mod server;
+pub mod settings;
+pub mod snapshot;
+pub mod upstream;
+pub mod watch;
+
+use arc_swap::ArcSwapOption;
+use phases::admit::{Admission, Unmetered};
+use phases::settle::{LogSettler, Settler};
+pub use settings::Settings;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch as signal;
+use tokio::task::JoinHandle;
+
+/// Everything the request path shares.
+pub struct Gw {
+    pub settings: Settings,
+    pub snapshot: ArcSwapOption<snapshot::Snapshot>,
+    pub router: Arc<router::Router>,
+    pub client: upstream::UpstreamClient,
+    pub admission: Arc<dyn Admission>,
+    pub settler: Arc<dyn Settler>,
+    pub idempotency: idempotency::Idempotency,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// A running gateway; call [`GatewayHandle::shutdown`] to stop it.
+pub struct GatewayHandle {
+    pub addr: SocketAddr,
+    pub gw: Arc<Gw>,
+    stop: signal::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("creating the data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("no store address: pass --store host:port[,host:port...]")]
+    NoStore,
+}
+
+/// Starts a gateway that admits everything ([`Unmetered`]) and logs usage ([`LogSettler`]).
+pub async fn start(settings: Settings) -> Result<GatewayHandle, StartError> {
+    start_with(settings, Arc::new(Unmetered), Arc::new(LogSettler)).await
+}
+
+pub async fn start_with(
+    settings: Settings,
+    admission: Arc<dyn Admission>,
+    settler: Arc<dyn Settler>,
+) -> Result<GatewayHandle, StartError> {
+    if settings.store.is_empty() {
+        return Err(StartError::NoStore);
+    }
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
+        path: settings.data_dir.display().to_string(),
+        source,
+    })?;
+    let tls = server::tls_acceptor(&settings)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.listen,
+        source,
+    })?;
+    let gw = Arc::new(Gw {
+        router: router::Router::new(settings.routing.clone()),
+        client: upstream::UpstreamClient::new(settings.timeouts.connect),
+        idempotency: idempotency::Idempotency::new(
+            settings.limits.idempotency_keys_max,
+            settings.limits.idempotency_ttl,
+        ),
+        settings,
+        snapshot: ArcSwapOption::empty(),
+        admission,
+        settler,
+        metrics: Arc::new(metrics::Metrics::default()),
+    });
+    let (stop, stop_rx) = signal::channel(false);
+    let tasks = vec![
+        tokio::spawn(server::serve(gw.clone(), listener, tls, stop_rx.clone())),
+        tokio::spawn(watch::run(gw.clone(), stop_rx.clone())),
+        tokio::spawn(router::probe::run(
+            gw.router.clone(),
+            gw.client.clone(),
+            stop_rx,
+        )),
+    ];
+    tracing::info!(%addr, gateway = %gw.settings.gateway_id, "gateway listening");
+    Ok(GatewayHandle {
+        addr,
+        gw,
+        stop,
+        tasks,
+    })
+}
+
+impl GatewayHandle {
+    /// Whether the gateway has a configuration (what `/readyz` reports).
+    pub fn ready(&self) -> bool {
+        self.gw.snapshot.load().is_some()
+    }
+
+    /// Stops accepting, lets open connections finish (bounded), stops the background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

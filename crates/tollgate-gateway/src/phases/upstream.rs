@@ -1,0 +1,169 @@
+//! Phases 4–5, route and call the upstream: pick an endpoint (tiers, p2c, health, queue), send,
+//! and retry on connect errors, timeouts, 429 and 5xx — only before anything reached the client
+//! (a response head from the upstream commits the request), only to endpoints not yet tried, and
+//! only while the retry budget allows. Upstream `Retry-After` cools the endpoint down.
+
+use crate::Gw;
+use crate::error::GwError;
+use crate::phases::validate::Validated;
+use crate::router::Picked;
+use crate::router::endpoint::Outcome;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::Response;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_types::ErrorCode;
+
+/// The committed upstream response.
+pub struct Forwarded {
+    pub resp: Response<Incoming>,
+    pub picked: Picked,
+    /// When the chosen attempt was sent.
+    pub sent_at: Instant,
+    pub attempts: u32,
+}
+
+/// Longest upstream error body read for the error message.
+const ERROR_BODY_BYTES_MAX: usize = 16 << 10;
+
+pub async fn forward(
+    gw: &Arc<Gw>,
+    v: &Validated,
+    request_id: &str,
+    traceparent: Option<&HeaderValue>,
+    deadline: Instant,
+) -> Result<Forwarded, GwError> {
+    let router = &gw.router;
+    router.budget.deposit();
+    let default_body = Bytes::from(serde_json::to_vec(&v.body).unwrap_or_default());
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_err: Option<GwError> = None;
+    let mut headers = vec![(
+        "x-request-id",
+        HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("invalid")),
+    )];
+    if let Some(tp) = traceparent {
+        headers.push(("traceparent", tp.clone()));
+    }
+    for attempt in 1..=router.cfg.attempts_max.max(1) {
+        if attempt > 1 {
+            if Instant::now() >= deadline || !router.budget.try_withdraw() {
+                break;
+            }
+            gw.metrics.retry();
+        }
+        let picked = match router.pick(&v.model.route, &tried, deadline).await {
+            Ok(p) => p,
+            Err(e) => return Err(last_err.unwrap_or(e)),
+        };
+        tried.push(Arc::as_ptr(&picked.endpoint.state) as usize);
+        let body = match &picked.endpoint.upstream_model {
+            None => default_body.clone(),
+            Some(m) => with_model(&v.body, m),
+        };
+        let state = picked.endpoint.state.clone();
+        let wait = gw
+            .settings
+            .timeouts
+            .first_byte
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let sent_at = Instant::now();
+        let call = gw
+            .client
+            .post_json(&state.url, v.kind.path(), body, &headers);
+        let err = match tokio::time::timeout(wait, call).await {
+            Err(_) => {
+                state.record(Outcome::Failure, Duration::ZERO, &router.cfg);
+                GwError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "The model server did not answer within {} ms.",
+                        wait.as_millis()
+                    ),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(endpoint = %state.url, error = %e, request_id, "upstream send failed");
+                state.record(Outcome::Failure, Duration::ZERO, &router.cfg);
+                GwError::new(
+                    ErrorCode::UpstreamError,
+                    "The model server could not be reached.",
+                )
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                if status.is_success() || (status.is_client_error() && status.as_u16() != 429) {
+                    // alive and answering: a client error is the request's fault, not the endpoint's
+                    state.record(Outcome::Success, sent_at.elapsed(), &router.cfg);
+                    return Ok(Forwarded {
+                        resp,
+                        picked,
+                        sent_at,
+                        attempts: attempt,
+                    });
+                }
+                if let Some(d) = retry_after(&resp) {
+                    state.cool_down(d, &router.cfg);
+                }
+                state.record(Outcome::Failure, Duration::ZERO, &router.cfg);
+                let detail = error_message(resp).await;
+                tracing::warn!(endpoint = %state.url, %status, detail, request_id, "upstream error");
+                GwError::new(
+                    ErrorCode::UpstreamError,
+                    format!("The model server answered {status}: {detail}"),
+                )
+            }
+        };
+        last_err = Some(err);
+    }
+    Err(last_err.unwrap_or_else(|| {
+        GwError::new(
+            ErrorCode::UpstreamError,
+            "No upstream attempt could be made.",
+        )
+    }))
+}
+
+fn with_model(body: &serde_json::Map<String, Value>, model: &str) -> Bytes {
+    let mut b = body.clone();
+    b.insert("model".into(), Value::String(model.to_owned()));
+    Bytes::from(serde_json::to_vec(&b).unwrap_or_default())
+}
+
+/// `Retry-After` in seconds (HTTP dates are not honoured; they are rare from model servers).
+fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {
+    let ms = resp
+        .headers()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    ms.or_else(|| {
+        resp.headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    })
+}
+
+/// The upstream's error message (OpenAI-shaped or plain), bounded, for logs and the client.
+async fn error_message(resp: Response<Incoming>) -> String {
+    let read = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_BYTES_MAX).collect();
+    let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(2), read).await else {
+        return "no readable error body".into();
+    };
+    let bytes = body.to_bytes();
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect())
+}

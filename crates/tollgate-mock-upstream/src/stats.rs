@@ -1,0 +1,109 @@
+//! The oracle: every request the mock answered, by request id, with the tokens it actually sent.
+//! A stream cut short (drop, stall, client gone) records what was sent before it ended.
+
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+/// Most requests remembered; the oldest are forgotten first (counted in `forgotten`).
+pub const SERVED_MAX: usize = 1_000_000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Served {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// HTTP status answered.
+    pub status: u16,
+    /// The response (or stream, up to `[DONE]`) was sent completely.
+    pub complete: bool,
+    pub stream: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub failed: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub complete: u64,
+    pub incomplete: u64,
+    pub forgotten: u64,
+    /// How many times each request id was served (more than once means the caller retried).
+    pub repeated_ids: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Served>,
+    order: VecDeque<String>,
+    totals: Totals,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    inner: Mutex<Inner>,
+}
+
+impl Stats {
+    pub fn record(&self, id: &str, s: Served) {
+        let Ok(mut g) = self.inner.lock() else {
+            return;
+        };
+        let t = &mut g.totals;
+        t.requests += 1;
+        t.prompt_tokens += s.prompt_tokens;
+        t.completion_tokens += s.completion_tokens;
+        if s.complete {
+            t.complete += 1;
+        } else {
+            t.incomplete += 1;
+        }
+        if s.status >= 400 {
+            t.failed += 1;
+        }
+        // a repeated id keeps the sum of what was served under it
+        if let Some(prev) = g.by_id.get_mut(id) {
+            prev.prompt_tokens += s.prompt_tokens;
+            prev.completion_tokens += s.completion_tokens;
+            prev.status = s.status;
+            prev.complete |= s.complete;
+            g.totals.repeated_ids += 1;
+            return;
+        }
+        if g.order.len() >= SERVED_MAX
+            && let Some(old) = g.order.pop_front()
+        {
+            g.by_id.remove(&old);
+            g.totals.forgotten += 1;
+        }
+        g.order.push_back(id.to_owned());
+        g.by_id.insert(id.to_owned(), s);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Served> {
+        self.inner.lock().ok()?.by_id.get(id).copied()
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.inner
+            .lock()
+            .map(|g| g.totals.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn all(&self) -> Vec<(String, Served)> {
+        let Ok(g) = self.inner.lock() else {
+            return Vec::new();
+        };
+        g.order
+            .iter()
+            .filter_map(|id| g.by_id.get(id).map(|s| (id.clone(), *s)))
+            .collect()
+    }
+
+    pub fn reset(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Inner::default();
+        }
+    }
+}

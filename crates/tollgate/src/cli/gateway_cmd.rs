@@ -1,0 +1,137 @@
+//! `tollgate gateway`: an OpenAI-compatible gateway node fed by the quota store.
+
+use super::store_cmd::wait_for_signal;
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tollgate_gateway::Settings;
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// Customer listener (HTTP, or HTTPS with --tls-cert/--tls-key).
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    pub listen: SocketAddr,
+    /// Quota store nodes (host:port), comma separated.
+    #[arg(long, env = "TOLLGATE_STORE", value_delimiter = ',', required = true)]
+    pub store: Vec<String>,
+    /// Operator token the gateway presents to the store.
+    #[arg(long, env = "TOLLGATE_STORE_TOKEN", hide_env_values = true)]
+    pub store_token: Option<String>,
+    /// Directory for the gateway's local state (usage journal).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// This gateway's id towards the store (default: gw-<port>).
+    #[arg(long)]
+    pub gateway_id: Option<String>,
+    /// PEM certificate chain; with --tls-key, serve HTTPS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Limits, timeouts and routing knobs (defaults suit production).
+#[derive(Args, Clone, Default)]
+pub struct Tuning {
+    /// Largest request body in bytes (larger gets 413).
+    #[arg(long)]
+    pub body_bytes_max: Option<usize>,
+    /// Upstream connect timeout.
+    #[arg(long)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Time until the upstream's response head.
+    #[arg(long)]
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Longest silence between two stream chunks.
+    #[arg(long)]
+    pub stream_idle_timeout_ms: Option<u64>,
+    /// Whole-request time limit.
+    #[arg(long)]
+    pub total_timeout_ms: Option<u64>,
+    /// Tries per request, the first included.
+    #[arg(long)]
+    pub attempts_max: Option<u32>,
+    /// Consecutive failures that eject an endpoint.
+    #[arg(long)]
+    pub eject_after_failures: Option<u32>,
+    /// First ejection time (doubles on repeats).
+    #[arg(long)]
+    pub eject_base_ms: Option<u64>,
+    /// Concurrent requests per endpoint.
+    #[arg(long)]
+    pub endpoint_inflight_max: Option<u32>,
+    /// Requests allowed to wait for a saturated pool.
+    #[arg(long)]
+    pub queue_max: Option<usize>,
+    /// How long a request may wait in that queue.
+    #[arg(long)]
+    pub queue_timeout_ms: Option<u64>,
+    /// Active health probe interval.
+    #[arg(long)]
+    pub probe_interval_ms: Option<u64>,
+}
+
+fn ms(v: Option<u64>, into: &mut Duration) {
+    if let Some(v) = v {
+        *into = Duration::from_millis(v);
+    }
+}
+
+impl Tuning {
+    pub fn apply(&self, s: &mut Settings) {
+        if let Some(b) = self.body_bytes_max {
+            s.limits.body_bytes_max = b;
+        }
+        ms(self.connect_timeout_ms, &mut s.timeouts.connect);
+        ms(self.first_byte_timeout_ms, &mut s.timeouts.first_byte);
+        ms(self.stream_idle_timeout_ms, &mut s.timeouts.stream_idle);
+        ms(self.total_timeout_ms, &mut s.timeouts.total);
+        let r = &mut s.routing;
+        if let Some(v) = self.attempts_max {
+            r.attempts_max = v;
+        }
+        if let Some(v) = self.eject_after_failures {
+            r.eject_after_failures = v;
+        }
+        ms(self.eject_base_ms, &mut r.eject_base);
+        if let Some(v) = self.endpoint_inflight_max {
+            r.endpoint_inflight_max = v;
+        }
+        if let Some(v) = self.queue_max {
+            r.queue_max = v;
+        }
+        ms(self.queue_timeout_ms, &mut r.queue_timeout);
+        ms(self.probe_interval_ms, &mut r.probe_interval);
+    }
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut s = Settings::new(args.listen, args.store, args.data_dir);
+    s.store_token = args.store_token;
+    if let Some(id) = args.gateway_id {
+        s.gateway_id = id;
+    }
+    s.tls_cert = args.tls_cert;
+    s.tls_key = args.tls_key;
+    args.tuning.apply(&mut s);
+    let scheme = if s.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let handle = tollgate_gateway::start(s)
+        .await
+        .context("starting the gateway")?;
+    eprintln!(
+        "tollgate gateway: listening on {scheme}://{}/v1",
+        handle.addr
+    );
+    wait_for_signal().await;
+    handle.shutdown().await;
+    Ok(())
+}
