@@ -357,6 +357,9 @@ impl Drop for StreamRecord {
     }
 }
 
+/// Pause between the last chunk and an injected connection drop.
+const DROP_LINGER: Duration = Duration::from_millis(20);
+
 type Tx = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
 fn stream(mock: Arc<Mock>, b: Behavior, g: Generation, include_usage: bool) -> Response<Body> {
@@ -401,6 +404,11 @@ async fn produce(mock: Arc<Mock>, b: Behavior, g: Generation, include_usage: boo
             return;
         }
         if b.drop_after_tokens.is_some_and(|d| sent >= u64::from(d)) {
+            // let what was sent reach the wire first, as in a real crash mid-generation
+            while tx.capacity() < tx.max_capacity() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(DROP_LINGER).await;
             let _ = tx
                 .send(Err(std::io::Error::other("injected mid-stream drop")))
                 .await;

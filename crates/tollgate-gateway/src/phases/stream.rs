@@ -147,7 +147,12 @@ impl Relay {
         let mut buf = BytesMut::new();
         let end = loop {
             let until = (Instant::now() + idle).min(deadline);
-            let frame = match tokio::time::timeout_at(until.into(), body.frame()).await {
+            let next = tokio::select! {
+                f = tokio::time::timeout_at(until.into(), body.frame()) => f,
+                // the client went away while the upstream is silent: stop now, not at the timeout
+                _ = tx.closed() => break End::ClientGone,
+            };
+            let frame = match next {
                 Err(_) => break timeout_end(until >= deadline, idle),
                 Ok(None) => {
                     break End::Failed(
