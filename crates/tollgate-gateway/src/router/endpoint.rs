@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Latency a failed attempt counts as, so load moves away from a failing endpoint at once.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// Decay time of the latency average.
 const EWMA_TAU: Duration = Duration::from_secs(10);
 
@@ -137,6 +139,8 @@ impl EndpointState {
             }
             Outcome::Failure => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                // a fast failure must not look like a fast endpoint (the p2c black hole)
+                self.observe_latency(latency.max(FAILURE_PENALTY));
                 self.record_failure(cfg);
             }
         }
