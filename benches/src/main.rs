@@ -13,6 +13,7 @@ mod etcdpb {
     #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
     tonic::include_proto!("etcdserverpb");
 }
+mod http;
 mod store;
 
 #[derive(Parser)]
@@ -41,6 +42,17 @@ enum Target {
         /// Usage records per request (1 = no batching).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+    },
+    /// HTTP POST of a JSON body over keep-alive HTTP/1.1 connections (one per client): the
+    /// gateway, the simulated upstream direct, nginx, TensorZero.
+    Http {
+        #[arg(long)]
+        url: String,
+        #[arg(long, env = "TOLLGATE_API_KEY")]
+        key: Option<String>,
+        /// JSON request body; `"stream": true` measures time to first bytes too.
+        #[arg(long)]
+        body: String,
     },
     /// KV Put to etcd.
     Etcd {
@@ -126,6 +138,9 @@ async fn main() -> anyhow::Result<()> {
                 .context("store load")?;
             ("tollgate-store", batch, r)
         }
+        Target::Http { url, key, body } => {
+            return http_main(&url, key, body, args.clients, duration).await;
+        }
         Target::Etcd {
             endpoint,
             value_bytes,
@@ -157,6 +172,30 @@ async fn main() -> anyhow::Result<()> {
         "records_per_s": ((ok * batch as u64) as f64 / secs).round(),
         "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
         "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+async fn http_main(
+    url: &str,
+    key: Option<String>,
+    body: String,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let r = http::run(url, key, body, clients, duration).await?;
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    let out = serde_json::json!({
+        "target": url,
+        "clients": clients,
+        "requests": r.ok,
+        "errors": r.errors,
+        "requests_per_s": (r.ok as f64 / duration.as_secs_f64()).round(),
+        "p50_ms": q(&r.latency_us, 0.5),
+        "p99_ms": q(&r.latency_us, 0.99),
+        "ttfb_p50_ms": q(&r.ttft_us, 0.5),
+        "ttfb_p99_ms": q(&r.ttft_us, 0.99),
     });
     println!("{out}");
     Ok(())

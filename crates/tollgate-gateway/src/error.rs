@@ -71,3 +71,22 @@ impl GwError {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tollgate_types::ErrorCode;
+
+    /// docs/api.md's error table must list every code with its status and type.
+    #[test]
+    fn the_api_reference_lists_every_error_code() {
+        let doc = include_str!("../../../docs/api.md");
+        for code in ErrorCode::ALL {
+            let i = code.info();
+            let row = format!("| `{}` | {} | `{}` |", i.code, i.http_status, i.openai_type);
+            assert!(
+                doc.contains(&row),
+                "docs/api.md lacks the row for {code:?}: {row}"
+            );
+        }
+    }
+}

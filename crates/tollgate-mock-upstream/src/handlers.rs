@@ -310,6 +310,14 @@ impl Generation {
     }
 }
 
+/// Sleeps until `at`; returns at once when it has passed (a zero sleep still waits for the next
+/// timer tick, about a millisecond).
+async fn wait_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 fn pace(b: &Behavior, start: Instant, tokens: u64) -> Option<Instant> {
     let ttft = start + Duration::from_millis(b.ttft_ms);
     if b.tokens_per_sec == 0 {
@@ -322,7 +330,7 @@ fn pace(b: &Behavior, start: Instant, tokens: u64) -> Option<Instant> {
 async fn whole(mock: &Mock, b: &Behavior, g: Generation) -> Response<Body> {
     let start = Instant::now();
     if let Some(at) = pace(b, start, g.completion) {
-        tokio::time::sleep_until(at.into()).await;
+        wait_until(at).await;
     }
     let text = generate(g.seed, 0, g.completion);
     let v = json!({
@@ -418,7 +426,7 @@ async fn produce(mock: Arc<Mock>, b: Behavior, g: Generation, include_usage: boo
         let next = cut(next, sent, b.stall_after_tokens);
         let next = cut(next, sent, b.drop_after_tokens);
         if let Some(at) = pace(&b, start, next) {
-            tokio::time::sleep_until(at.into()).await;
+            wait_until(at).await;
         }
         let text = generate(g.seed, sent, next);
         let choice = g.choice(&text, None, true, first);
@@ -432,7 +440,7 @@ async fn produce(mock: Arc<Mock>, b: Behavior, g: Generation, include_usage: boo
     if g.completion == 0
         && let Some(at) = pace(&b, start, 0)
     {
-        tokio::time::sleep_until(at.into()).await;
+        wait_until(at).await;
     }
     let last = g.choice("", Some(g.finish), true, first);
     if !send(&tx, g.chunk(json!([last]), usage_null)).await {

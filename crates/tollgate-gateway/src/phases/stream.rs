@@ -11,15 +11,18 @@ use crate::error::GwError;
 use crate::phases::admit::Usage;
 use crate::phases::settle::Settlement;
 use crate::phases::upstream::Forwarded;
+use crate::router::Picked;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::Response;
 use hyper::body::Frame;
+use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tollgate_types::ErrorCode;
 use tollgate_types::usage::UsageStatus;
 
@@ -86,9 +89,10 @@ pub async fn read_whole(gw: &Gw, fwd: Forwarded, deadline: Instant) -> Result<Wh
     })
 }
 
-type Tx = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
-
-/// Starts relaying an upstream SSE stream; returns the client response at once.
+/// Starts relaying an upstream SSE stream; returns the client response at once. The relay is
+/// polled by the client connection's own task (no extra task or channel per stream): each poll
+/// reads upstream frames until complete events are ready, and dropping the body (client gone)
+/// drops the upstream request and settles what was used.
 pub fn relay(
     gw: Arc<Gw>,
     fwd: Forwarded,
@@ -96,26 +100,44 @@ pub fn relay(
     settlement: Settlement,
     deadline: Instant,
 ) -> Response<Body> {
-    let (tx, rx) = mpsc::channel(64);
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    )));
-    let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    for (k, v) in settlement.headers() {
-        h.insert(k.clone(), v.clone());
-    }
+    let headers: Vec<_> = settlement.headers().to_vec();
+    let Forwarded {
+        resp,
+        picked,
+        sent_at,
+        ..
+    } = fwd;
+    let idle = gw.settings.timeouts.stream_idle;
     let relay = Relay {
-        gw,
         include_usage,
         usage: None,
         content_events: 0,
         done: false,
-        first_at: None,
+        first_seen: false,
+        finished: false,
+        upstream: Some(resp.into_body()),
+        picked: Some(picked),
+        settlement: Some(settlement),
+        buf: BytesMut::new(),
+        timer: Box::pin(tokio::time::sleep_until(
+            (Instant::now() + idle).min(deadline).into(),
+        )),
+        sent_at,
+        deadline,
+        gw,
     };
-    tokio::spawn(relay.run(fwd, tx, settlement, deadline));
-    r
+    let stream = futures::stream::unfold(relay, |mut r| async move {
+        let bytes = r.next_bytes().await?;
+        Some((Ok::<_, std::io::Error>(Frame::data(bytes)), r))
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    for (k, v) in headers {
+        h.insert(k, v);
+    }
+    resp
 }
 
 struct Relay {
@@ -123,8 +145,18 @@ struct Relay {
     include_usage: bool,
     usage: Option<Usage>,
     content_events: u64,
+    /// `[DONE]` seen.
     done: bool,
-    first_at: Option<Instant>,
+    first_seen: bool,
+    /// Settled; nothing more to send.
+    finished: bool,
+    upstream: Option<Incoming>,
+    picked: Option<Picked>,
+    settlement: Option<Settlement>,
+    buf: BytesMut,
+    timer: Pin<Box<Sleep>>,
+    sent_at: Instant,
+    deadline: Instant,
 }
 
 /// How a relay ended.
@@ -134,86 +166,97 @@ enum End {
     Failed(&'static str, GwError),
 }
 
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if !self.finished {
+            // the client went away (hyper dropped the body) before the stream ended
+            self.end(End::ClientGone);
+        }
+    }
+}
+
 impl Relay {
-    async fn run(mut self, fwd: Forwarded, tx: Tx, settlement: Settlement, deadline: Instant) {
-        let Forwarded {
-            resp,
-            picked,
-            sent_at,
-            ..
-        } = fwd;
-        let mut body = resp.into_body();
+    /// The next bytes for the client: complete events, a final error event, or None at the end.
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        if self.finished {
+            return None;
+        }
         let idle = self.gw.settings.timeouts.stream_idle;
-        let mut buf = BytesMut::new();
-        let end = loop {
-            let until = (Instant::now() + idle).min(deadline);
-            let next = tokio::select! {
-                f = tokio::time::timeout_at(until.into(), body.frame()) => f,
-                // the client went away while the upstream is silent: stop now, not at the timeout
-                _ = tx.closed() => break End::ClientGone,
+        loop {
+            let until = (Instant::now() + idle).min(self.deadline);
+            self.timer.as_mut().reset(until.into());
+            let body = self.upstream.as_mut()?;
+            let frame = tokio::select! {
+                biased;
+                f = body.frame() => f,
+                _ = self.timer.as_mut() => {
+                    return self.end(timeout_end(until >= self.deadline, idle));
+                }
             };
-            let frame = match next {
-                Err(_) => break timeout_end(until >= deadline, idle),
-                Ok(None) => {
-                    break End::Failed(
+            let data = match frame {
+                None => {
+                    return self.end(failed(
                         "upstream_closed",
-                        GwError::new(
-                            ErrorCode::UpstreamError,
-                            "The model server ended the stream before it was complete.",
-                        ),
-                    );
+                        "The model server ended the stream before it was complete.",
+                    ));
                 }
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(endpoint = %picked.endpoint.state.url, error = %e, "upstream stream broke");
-                    break End::Failed(
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "upstream stream broke");
+                    return self.end(failed(
                         "upstream_broken",
-                        GwError::new(
-                            ErrorCode::UpstreamError,
-                            "The connection to the model server broke during the stream.",
-                        ),
-                    );
+                        "The connection to the model server broke during the stream.",
+                    ));
                 }
-                Ok(Some(Ok(f))) => f,
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
             };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if self.first_at.is_none() {
-                self.first_at = Some(Instant::now());
-                self.gw.metrics.ttft(sent_at.elapsed());
+            if !self.first_seen {
+                self.first_seen = true;
+                self.gw.metrics.ttft(self.sent_at.elapsed());
             }
-            buf.extend_from_slice(&data);
+            self.buf.extend_from_slice(&data);
+            let mut buf = std::mem::take(&mut self.buf);
             let out = self.take_events(&mut buf);
-            if !out.is_empty() && tx.send(Ok(Frame::data(out))).await.is_err() {
-                break End::ClientGone;
-            }
+            self.buf = buf;
             if self.done {
-                break End::Done;
+                self.end(End::Done);
+                return Some(out);
             }
-        };
-        // dropping the upstream body cancels the upstream request when it is not finished
-        drop(body);
-        drop(picked);
-        self.finish(end, &tx, settlement).await;
+            if !out.is_empty() {
+                return Some(out);
+            }
+        }
     }
 
-    async fn finish(self, end: End, tx: &Tx, settlement: Settlement) {
+    /// Settles once; returns the terminal error event to send, if any.
+    fn end(&mut self, end: End) -> Option<Bytes> {
+        self.finished = true;
+        // dropping the upstream body cancels the upstream request when it is not finished
+        self.upstream = None;
+        self.picked = None;
         let usage = self.usage.unwrap_or(Usage {
             prompt_tokens: 0,
             completion_tokens: self.content_events,
             estimated: true,
         });
+        let settlement = self.settlement.take()?;
         match end {
-            End::Done => settlement.finish(usage, UsageStatus::Completed),
+            End::Done => {
+                settlement.finish(usage, UsageStatus::Completed);
+                None
+            }
             End::ClientGone => {
                 self.gw.metrics.stream_end("client_gone");
                 settlement.finish(usage, UsageStatus::ClientAborted);
+                None
             }
             End::Failed(reason, err) => {
                 self.gw.metrics.stream_end(reason);
-                let event = format!("event: error\ndata: {}\n\n", err.body_json());
-                let _ = tx.send(Ok(Frame::data(Bytes::from(event)))).await;
                 settlement.finish(usage, UsageStatus::UpstreamFailed);
+                let event = format!("event: error\ndata: {}\n\n", err.body_json());
+                Some(Bytes::from(event))
             }
         }
     }
@@ -275,6 +318,10 @@ const USAGE_NULL: &[u8] = b",\"usage\":null";
 fn has_usage_object(data: &[u8]) -> bool {
     memchr::memmem::find(data, b"\"usage\":{").is_some()
         || memchr::memmem::find(data, b"\"usage\": {").is_some()
+}
+
+fn failed(reason: &'static str, msg: &str) -> End {
+    End::Failed(reason, GwError::new(ErrorCode::UpstreamError, msg))
 }
 
 fn timeout_end(total: bool, idle: std::time::Duration) -> End {

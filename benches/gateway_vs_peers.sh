@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Gateway data-plane benchmark, all targets in one run on this machine, all proxying to the same
+# simulated upstream (`tollgate mock-upstream`, its own process):
+#   upstream direct | nginx (1 worker) as a bare reverse proxy | TensorZero | Tollgate gateway
+# Modes: JSON and SSE chat completions (16 completion tokens), at 1 and 50 connections.
+# Usage: benches/gateway_vs_peers.sh [repeats=3] [seconds=10]
+# Needs: nginx (apt-get install nginx-light); TensorZero in a venv at $TZ_VENV (default
+# /tmp/tz-venv: python3 -m venv /tmp/tz-venv && /tmp/tz-venv/bin/pip install tensorzero==2026.6.0).
+# Loopback only; every process started here is stopped by its PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPEATS=${1:-3}
+SECS=${2:-10}
+TZ_VENV=${TZ_VENV:-/tmp/tz-venv}
+cargo build --release --locked -p tollgate -p tollgate-bench >&2
+BIN=target/release/tollgate
+LOAD=target/release/tollgate-load
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+MOCK=$(port); STORE=$(port); GW=$(port); NGINX=$(port)
+$BIN mock-upstream --listen 127.0.0.1:$MOCK --completion-tokens 16 2>"$DIR/mock.log" & PIDS+=($!)
+$BIN store --node-id 1 --listen 127.0.0.1:$STORE --data-dir "$DIR/store" \
+  --initial-cluster 1=127.0.0.1:$STORE --peer-token "$(head -c 48 /dev/urandom | base64 | tr -dc A-Za-z0-9)" \
+  2>"$DIR/store.log" & PIDS+=($!)
+wait_port $MOCK; wait_port $STORE
+for _ in $(seq 200); do [ -s "$DIR/store/bootstrap-admin-token" ] && break; sleep 0.05; done
+export TOLLGATE_STORE=127.0.0.1:$STORE TOLLGATE_ADMIN_TOKEN=$(cat "$DIR/store/bootstrap-admin-token")
+cat > "$DIR/config.yaml" <<YAML
+version: 1
+orgs: [{id: bench, name: Bench}]
+projects: [{org: bench, id: p, name: P}]
+models:
+  - name: demo-chat
+    max_output_tokens: 4096
+    default_output_tokens: 16
+    price: {input_per_mtok_micros: 150000, output_per_mtok_micros: 600000}
+    tiers: [{endpoints: [{url: "http://127.0.0.1:$MOCK/v1"}]}]
+YAML
+for _ in $(seq 100); do $BIN admin apply -f "$DIR/config.yaml" >/dev/null 2>&1 && break; sleep 0.1; done
+KEY=$($BIN admin key create --org bench --project p --env test --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+$BIN gateway --listen 127.0.0.1:$GW --store 127.0.0.1:$STORE --store-token "$TOLLGATE_ADMIN_TOKEN" \
+  --data-dir "$DIR/gw" 2>"$DIR/gw.log" & PIDS+=($!)
+for _ in $(seq 200); do curl -sf 127.0.0.1:$GW/readyz >/dev/null && break; sleep 0.05; done
+
+mkdir -p "$DIR/nginx"
+cat > "$DIR/nginx.conf" <<NGINX
+worker_processes 1;
+pid $DIR/nginx/nginx.pid;
+error_log $DIR/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $DIR/nginx; proxy_temp_path $DIR/nginx; fastcgi_temp_path $DIR/nginx;
+  uwsgi_temp_path $DIR/nginx; scgi_temp_path $DIR/nginx;
+  upstream mock { server 127.0.0.1:$MOCK; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$DIR/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+wait_port $NGINX
+
+TZ_URL=""
+if [ -x "$TZ_VENV/bin/python" ]; then
+  "$TZ_VENV/bin/python" benches/tensorzero_gateway.py $MOCK > "$DIR/tz.out" 2>"$DIR/tz.log" & PIDS+=($!)
+  for _ in $(seq 300); do TZ_URL=$(grep -o 'http://[^ ]*' "$DIR/tz.out" | head -1 || true); [ -n "$TZ_URL" ] && break; sleep 0.1; done
+fi
+
+body() { # $1 = model, $2 = stream
+  echo "{\"model\":\"$1\",\"messages\":[{\"role\":\"user\",\"content\":\"benchmark prompt of a few words\"}],\"max_tokens\":16,\"stream\":$2}"
+}
+run() { # label url model stream clients [key]
+  local label=$1 url=$2 model=$3 stream=$4 c=$5 key=${6:-}
+  for r in $(seq "$REPEATS"); do
+    out=$(TOLLGATE_API_KEY=$key $LOAD --clients "$c" --duration-s "$SECS" http --url "$url" --body "$(body "$model" "$stream")")
+    echo "{\"label\":\"$label\",\"stream\":$stream,\"run\":$r,\"result\":$out}"
+  done
+}
+for stream in false true; do
+  for c in 1 50; do
+    run direct "http://127.0.0.1:$MOCK/v1/chat/completions" demo-chat $stream $c
+    run nginx "http://127.0.0.1:$NGINX/v1/chat/completions" demo-chat $stream $c
+    if [ -n "$TZ_URL" ]; then
+      run tensorzero "$TZ_URL/chat/completions" tensorzero::model_name::demo $stream $c
+    fi
+    run tollgate "http://127.0.0.1:$GW/v1/chat/completions" demo-chat $stream $c "$KEY"
+  done
+done
