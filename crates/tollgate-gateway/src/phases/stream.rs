@@ -19,6 +19,7 @@ use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
+use futures::FutureExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -122,6 +123,8 @@ pub fn relay(
         timer: Box::pin(tokio::time::sleep_until(
             (Instant::now() + idle).min(deadline).into(),
         )),
+        last_activity: Instant::now(),
+        pending_end: None,
         sent_at,
         deadline,
         gw,
@@ -155,6 +158,9 @@ struct Relay {
     settlement: Option<Settlement>,
     buf: BytesMut,
     timer: Pin<Box<Sleep>>,
+    last_activity: Instant,
+    /// An ending found while coalescing, reported on the next poll.
+    pending_end: Option<End>,
     sent_at: Instant,
     deadline: Instant,
 }
@@ -177,57 +183,92 @@ impl Drop for Relay {
 
 impl Relay {
     /// The next bytes for the client: complete events, a final error event, or None at the end.
+    /// Frames the upstream already delivered are coalesced into one write (no added wait).
     async fn next_bytes(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
         }
+        if let Some(end) = self.pending_end.take() {
+            return self.end(end);
+        }
         let idle = self.gw.settings.timeouts.stream_idle;
         loop {
-            let until = (Instant::now() + idle).min(self.deadline);
-            self.timer.as_mut().reset(until.into());
             let body = self.upstream.as_mut()?;
             let frame = tokio::select! {
                 biased;
                 f = body.frame() => f,
                 _ = self.timer.as_mut() => {
-                    return self.end(timeout_end(until >= self.deadline, idle));
+                    // the timer is re-armed lazily: only when it fires is activity checked
+                    let due = (self.last_activity + idle).min(self.deadline);
+                    if Instant::now() < due {
+                        self.timer.as_mut().reset(due.into());
+                        continue;
+                    }
+                    return self.end(timeout_end(due >= self.deadline, idle));
                 }
             };
-            let data = match frame {
-                None => {
-                    return self.end(failed(
-                        "upstream_closed",
-                        "The model server ended the stream before it was complete.",
-                    ));
+            let mut out = BytesMut::new();
+            let mut next = Some(frame);
+            // take what is ready now; stop at the first pending frame
+            for _ in 0..COALESCE_FRAMES_MAX {
+                let Some(frame) = next.take() else {
+                    break;
+                };
+                if let Err(end) = self.absorb(frame, &mut out) {
+                    if out.is_empty() {
+                        return self.end(end);
+                    }
+                    self.pending_end = Some(end);
+                    return Some(out.freeze());
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "upstream stream broke");
-                    return self.end(failed(
-                        "upstream_broken",
-                        "The connection to the model server broke during the stream.",
-                    ));
+                if self.done {
+                    self.end(End::Done);
+                    return Some(out.freeze());
                 }
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
-            };
-            if !self.first_seen {
-                self.first_seen = true;
-                self.gw.metrics.ttft(self.sent_at.elapsed());
-            }
-            self.buf.extend_from_slice(&data);
-            let mut buf = std::mem::take(&mut self.buf);
-            let out = self.take_events(&mut buf);
-            self.buf = buf;
-            if self.done {
-                self.end(End::Done);
-                return Some(out);
+                next = self.upstream.as_mut().and_then(|b| b.frame().now_or_never());
             }
             if !out.is_empty() {
-                return Some(out);
+                return Some(out.freeze());
             }
         }
+    }
+
+    /// Takes one upstream frame: complete events go to `out`; the end of the body is an `End`.
+    fn absorb(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+        out: &mut BytesMut,
+    ) -> Result<(), End> {
+        let data = match frame {
+            None => {
+                return Err(failed(
+                    "upstream_closed",
+                    "The model server ended the stream before it was complete.",
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "upstream stream broke");
+                return Err(failed(
+                    "upstream_broken",
+                    "The connection to the model server broke during the stream.",
+                ));
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => return Ok(()),
+            },
+        };
+        self.last_activity = Instant::now();
+        if !self.first_seen {
+            self.first_seen = true;
+            self.gw.metrics.ttft(self.sent_at.elapsed());
+        }
+        self.buf.extend_from_slice(&data);
+        let mut buf = std::mem::take(&mut self.buf);
+        let events = self.take_events(&mut buf);
+        self.buf = buf;
+        out.extend_from_slice(&events);
+        Ok(())
     }
 
     /// Settles once; returns the terminal error event to send, if any.
@@ -311,6 +352,9 @@ impl Relay {
         out.extend_from_slice(raw);
     }
 }
+
+/// Most already-delivered upstream frames merged into one client write.
+const COALESCE_FRAMES_MAX: usize = 64;
 
 const USAGE_NULL: &[u8] = b",\"usage\":null";
 
