@@ -3,7 +3,7 @@
 # simulated upstream (`tollgate mock-upstream`, its own process):
 #   upstream direct | nginx (1 worker) as a bare reverse proxy | TensorZero | Tollgate gateway
 # Modes: JSON and SSE chat completions (16 completion tokens), at 1 and 50 connections.
-# Usage: benches/gateway_vs_peers.sh [repeats=3] [seconds=10]
+# Usage: [TARGETS="nginx tollgate"] [GATEWAY_THREADS=n] benches/gateway_vs_peers.sh [repeats=3] [seconds=10]
 # Needs: nginx (apt-get install nginx-light); TensorZero in a venv at $TZ_VENV (default
 # /tmp/tz-venv: python3 -m venv /tmp/tz-venv && /tmp/tz-venv/bin/pip install tensorzero==2026.6.0).
 # Loopback only; every process started here is stopped by its PID on exit.
@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
 SECS=${2:-10}
 TZ_VENV=${TZ_VENV:-/tmp/tz-venv}
+# which targets to measure (all by default); GATEWAY_THREADS sets the gateway's worker threads
+TARGETS=${TARGETS:-direct nginx tensorzero tollgate}
 cargo build --release --locked -p tollgate -p tollgate-bench >&2
 BIN=target/release/tollgate
 LOAD=target/release/tollgate-load
@@ -43,7 +45,7 @@ models:
 YAML
 for _ in $(seq 100); do $BIN admin apply -f "$DIR/config.yaml" >/dev/null 2>&1 && break; sleep 0.1; done
 KEY=$($BIN admin key create --org bench --project p --env test --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-$BIN gateway --listen 127.0.0.1:$GW --store 127.0.0.1:$STORE --store-token "$TOLLGATE_ADMIN_TOKEN" \
+TOLLGATE_WORKER_THREADS=${GATEWAY_THREADS:-} $BIN gateway --listen 127.0.0.1:$GW --store 127.0.0.1:$STORE --store-token "$TOLLGATE_ADMIN_TOKEN" \
   --data-dir "$DIR/gw" 2>"$DIR/gw.log" & PIDS+=($!)
 for _ in $(seq 200); do curl -sf 127.0.0.1:$GW/readyz >/dev/null && break; sleep 0.05; done
 
@@ -83,6 +85,7 @@ body() { # $1 = model, $2 = stream
 }
 run() { # label url model stream clients [key]
   local label=$1 url=$2 model=$3 stream=$4 c=$5 key=${6:-}
+  case " $TARGETS " in *" $label "*) ;; *) return 0 ;; esac
   for r in $(seq "$REPEATS"); do
     out=$(TOLLGATE_API_KEY=$key $LOAD --clients "$c" --duration-s "$SECS" http --url "$url" --body "$(body "$model" "$stream")")
     echo "{\"label\":\"$label\",\"stream\":$stream,\"run\":$r,\"result\":$out}"
