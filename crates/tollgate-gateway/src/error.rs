@@ -33,6 +33,12 @@ impl GwError {
         ApiError::invalid(param, message).into()
     }
 
+    /// Names the offending request field.
+    pub fn with_param(mut self, param: &str) -> GwError {
+        self.api.param = Some(param.to_owned());
+        self
+    }
+
     pub fn retry_after(mut self, d: Duration) -> GwError {
         self.retry_after = Some(d);
         self

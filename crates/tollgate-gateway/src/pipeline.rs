@@ -86,7 +86,8 @@ pub async fn handle(gw: Arc<Gw>, req: Request<Incoming>) -> Result<Response<Body
     Ok(resp)
 }
 
-type Result2 = Result<Response<Body>, GwError>;
+/// A response, or the error that becomes one.
+type Answer = Result<Response<Body>, GwError>;
 
 async fn dispatch(
     gw: &Arc<Gw>,
@@ -94,7 +95,7 @@ async fn dispatch(
     request_id: &str,
     timing: &mut Timing,
     out: &mut Outcome,
-) -> (RouteLabel, Result2) {
+) -> (RouteLabel, Answer) {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => (
@@ -173,7 +174,7 @@ fn snapshot(gw: &Gw) -> Result<Arc<crate::snapshot::Snapshot>, GwError> {
     })
 }
 
-fn models(gw: &Gw, req: &Request<Incoming>, id: Option<&str>, out: &mut Outcome) -> Result2 {
+fn models(gw: &Gw, req: &Request<Incoming>, id: Option<&str>, out: &mut Outcome) -> Answer {
     let snap = snapshot(gw)?;
     let caller = auth::authenticate(&snap, req.headers(), KeyScope::Models, now_ms())?;
     out.org = Some(caller.org.id.to_string());
@@ -286,7 +287,7 @@ async fn inference(
     request_id: &str,
     timing: &mut Timing,
     out: &mut Outcome,
-) -> Result2 {
+) -> Answer {
     let start = Instant::now();
     let deadline = start + gw.settings.timeouts.total;
     let snap = snapshot(gw)?;
@@ -391,7 +392,7 @@ fn respond_whole(
     settlement: Settlement,
     idem: Option<IdemGuard<'_>>,
     out: &mut Outcome,
-) -> Result2 {
+) -> Answer {
     let headers: Vec<_> = settlement.headers().to_vec();
     if !whole.status.is_success() {
         // the upstream refused the request itself (4xx): relay it, bill nothing

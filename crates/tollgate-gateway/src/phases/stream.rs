@@ -12,6 +12,7 @@ use crate::phases::admit::Usage;
 use crate::phases::settle::Settlement;
 use crate::phases::upstream::Forwarded;
 use crate::router::Picked;
+use crate::upstream::UpConn;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use http_body_util::{BodyExt, StreamBody};
@@ -59,10 +60,16 @@ pub struct Whole {
 
 /// Reads a non-streaming response, bounded in size and by the deadline.
 pub async fn read_whole(gw: &Gw, fwd: Forwarded, deadline: Instant) -> Result<Whole, GwError> {
-    let status = fwd.resp.status();
+    let Forwarded {
+        resp,
+        mut conn,
+        picked,
+        ..
+    } = fwd;
+    let status = resp.status();
     let limit = gw.settings.limits.upstream_body_bytes_max;
-    let read = http_body_util::Limited::new(fwd.resp.into_body(), limit).collect();
-    let body = match tokio::time::timeout_at(deadline.into(), read).await {
+    let read = http_body_util::Limited::new(resp.into_body(), limit).collect();
+    let body = match tokio::time::timeout_at(deadline.into(), conn.drive(read)).await {
         Err(_) => {
             return Err(GwError::new(
                 ErrorCode::UpstreamTimeout,
@@ -78,11 +85,12 @@ pub async fn read_whole(gw: &Gw, fwd: Forwarded, deadline: Instant) -> Result<Wh
         }
         Ok(Ok(b)) => b.to_bytes(),
     };
+    gw.client.release(conn);
     let usage = serde_json::from_slice::<WithUsage>(&body)
         .ok()
         .and_then(|w| w.usage)
         .map(|u| u.usage());
-    drop(fwd.picked);
+    drop(picked);
     Ok(Whole {
         status,
         body,
@@ -104,6 +112,7 @@ pub fn relay(
     let headers: Vec<_> = settlement.headers().to_vec();
     let Forwarded {
         resp,
+        conn,
         picked,
         sent_at,
         ..
@@ -117,6 +126,7 @@ pub fn relay(
         first_seen: false,
         finished: false,
         upstream: Some(resp.into_body()),
+        conn: Some(conn),
         picked: Some(picked),
         settlement: Some(settlement),
         buf: BytesMut::new(),
@@ -154,6 +164,7 @@ struct Relay {
     /// Settled; nothing more to send.
     finished: bool,
     upstream: Option<Incoming>,
+    conn: Option<UpConn>,
     picked: Option<Picked>,
     settlement: Option<Settlement>,
     buf: BytesMut,
@@ -193,10 +204,12 @@ impl Relay {
         }
         let idle = self.gw.settings.timeouts.stream_idle;
         loop {
-            let body = self.upstream.as_mut()?;
+            let (Some(body), Some(conn)) = (self.upstream.as_mut(), self.conn.as_mut()) else {
+                return None;
+            };
             let frame = tokio::select! {
                 biased;
-                f = body.frame() => f,
+                f = conn.drive(body.frame()) => f,
                 _ = self.timer.as_mut() => {
                     // the timer is re-armed lazily: only when it fires is activity checked
                     let due = (self.last_activity + idle).min(self.deadline);
@@ -225,7 +238,7 @@ impl Relay {
                     self.end(End::Done);
                     return Some(out.freeze());
                 }
-                next = self.ready_frame().await;
+                next = self.ready_frame();
             }
             if !out.is_empty() {
                 return Some(out.freeze());
@@ -233,24 +246,11 @@ impl Relay {
         }
     }
 
-    /// The next upstream frame if it is available without waiting for the network. hyper's
-    /// client decodes one chunk per demand of the body, on its connection task: after asking,
-    /// a couple of scheduler rounds (measured: two) let that task hand over a chunk it already
-    /// has buffered. Without this every chunk costs its own client write (~20 `writev` per
-    /// 16-token stream, measured with strace).
-    async fn ready_frame(&mut self) -> Option<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let body = self.upstream.as_mut()?;
-        if let Some(f) = body.frame().now_or_never() {
-            return Some(f);
-        }
-        for _ in 0..READY_YIELDS {
-            tokio::task::yield_now().await;
-            let r = self.upstream.as_mut()?.frame().now_or_never();
-            if r.is_some() {
-                return r;
-            }
-        }
-        None
+    /// The next upstream frame if it is available without waiting for the network (the
+    /// connection is driven on this task, so buffered chunks decode at once).
+    fn ready_frame(&mut self) -> Option<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let (body, conn) = (self.upstream.as_mut()?, self.conn.as_mut()?);
+        conn.drive(body.frame()).now_or_never()
     }
 
     /// Takes one upstream frame: complete events go to `out`; the end of the body is an `End`.
@@ -291,11 +291,27 @@ impl Relay {
         Ok(())
     }
 
+    /// After `[DONE]`: reuse the connection if the body's end is already here.
+    fn release_connection(&mut self) {
+        let (Some(body), Some(conn)) = (self.upstream.as_mut(), self.conn.as_mut()) else {
+            return;
+        };
+        if let Some(None) = conn.drive(body.frame()).now_or_never()
+            && let Some(c) = self.conn.take()
+        {
+            self.gw.client.release(c);
+        }
+    }
+
     /// Settles once; returns the terminal error event to send, if any.
     fn end(&mut self, end: End) -> Option<Bytes> {
         self.finished = true;
-        // dropping the upstream body cancels the upstream request when it is not finished
+        if matches!(end, End::Done) {
+            self.release_connection();
+        }
+        // dropping the upstream body (and its connection) cancels an unfinished upstream request
         self.upstream = None;
+        self.conn = None;
         self.picked = None;
         let usage = self.usage.unwrap_or(Usage {
             prompt_tokens: 0,
@@ -373,8 +389,6 @@ impl Relay {
     }
 }
 
-/// Scheduler rounds to wait for a chunk the upstream connection already holds.
-const READY_YIELDS: usize = 3;
 /// Most already-delivered upstream frames merged into one client write.
 const COALESCE_FRAMES_MAX: usize = 64;
 

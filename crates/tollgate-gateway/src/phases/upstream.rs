@@ -21,6 +21,8 @@ use tollgate_types::ErrorCode;
 /// The committed upstream response.
 pub struct Forwarded {
     pub resp: Response<Incoming>,
+    /// The upstream connection, driven by whoever reads the body.
+    pub conn: crate::upstream::UpConn,
     pub picked: Picked,
     /// When the chosen attempt was sent.
     pub sent_at: Instant,
@@ -94,13 +96,14 @@ pub async fn forward(
                     "The model server could not be reached.",
                 )
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, mut conn))) => {
                 let status = resp.status();
                 if status.is_success() || (status.is_client_error() && status.as_u16() != 429) {
                     // alive and answering: a client error is the request's fault, not the endpoint's
                     state.record(Outcome::Success, sent_at.elapsed(), &router.cfg);
                     return Ok(Forwarded {
                         resp,
+                        conn,
                         picked,
                         sent_at,
                         attempts: attempt,
@@ -110,7 +113,7 @@ pub async fn forward(
                     state.cool_down(d, &router.cfg);
                 }
                 state.record(Outcome::Failure, Duration::ZERO, &router.cfg);
-                let detail = error_message(resp).await;
+                let detail = error_message(resp, &mut conn).await;
                 tracing::warn!(endpoint = %state.url, %status, detail, request_id, "upstream error");
                 GwError::new(
                     ErrorCode::UpstreamError,
@@ -152,9 +155,9 @@ fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {
 }
 
 /// The upstream's error message (OpenAI-shaped or plain), bounded, for logs and the client.
-async fn error_message(resp: Response<Incoming>) -> String {
+async fn error_message(resp: Response<Incoming>, conn: &mut crate::upstream::UpConn) -> String {
     let read = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_BYTES_MAX).collect();
-    let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(2), read).await else {
+    let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(2), conn.drive(read)).await else {
         return "no readable error body".into();
     };
     let bytes = body.to_bytes();

@@ -132,13 +132,6 @@ pub fn validate(
     })
 }
 
-impl GwError {
-    pub fn with_param(mut self, param: &str) -> GwError {
-        self.api.param = Some(param.to_owned());
-        self
-    }
-}
-
 fn required_str<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a str, GwError> {
     match body.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
