@@ -33,9 +33,9 @@ type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 pub struct UpConn {
     host: String,
     sender: http1::SendRequest<Full<Bytes>>,
-    driver: Pin<Box<Driver>>,
-    /// The connection has ended (closed or failed).
-    ended: bool,
+    /// None once the connection has ended (closed or failed): dropping the finished driver
+    /// drops its half of the response body, so a body read ends instead of waiting.
+    driver: Option<Pin<Box<Driver>>>,
     idle_since: Instant,
 }
 
@@ -61,12 +61,12 @@ impl UpConn {
             if let Poll::Ready(v) = fut.as_mut().poll(cx) {
                 return Poll::Ready(v);
             }
-            if self.ended {
+            let Some(driver) = self.driver.as_mut() else {
                 // the dispatcher is gone: `fut` resolves (with an error or the end) when woken
                 return Poll::Pending;
-            }
-            match self.driver.as_mut().poll(cx) {
-                Poll::Ready(_) => self.ended = true,
+            };
+            match driver.as_mut().poll(cx) {
+                Poll::Ready(_) => self.driver = None,
                 // the driver may have produced what `fut` waits for: poll it once more
                 Poll::Pending => return fut.as_mut().poll(cx),
             }
@@ -77,14 +77,17 @@ impl UpConn {
 
     /// Whether the connection can take another request now.
     fn reusable(&mut self) -> bool {
-        if self.ended || self.sender.is_closed() {
+        if self.sender.is_closed() {
             return false;
         }
+        let Some(driver) = self.driver.as_mut() else {
+            return false;
+        };
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         // let the dispatcher finish the previous exchange and notice a server close
-        if self.driver.as_mut().poll(&mut cx).is_ready() {
-            self.ended = true;
+        if driver.as_mut().poll(&mut cx).is_ready() {
+            self.driver = None;
             return false;
         }
         matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
@@ -169,8 +172,7 @@ impl UpstreamClient {
         Ok(UpConn {
             host: host.to_owned(),
             sender,
-            driver: Box::pin(driver),
-            ended: false,
+            driver: Some(Box::pin(driver)),
             idle_since: Instant::now(),
         })
     }
