@@ -180,3 +180,27 @@ async fn usage_is_stripped_unless_asked_and_always_metered() {
     );
     assert_eq!(s.metric("tollgate_gateway_prompt_tokens_total "), Some(6.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_fields_reach_the_upstream_untouched() {
+    let s = Stack::start(1, |m| vec![model("m", &[&[&m[0]]])], &[]).await;
+    let last = || harness::gateway::http(s.mock(0), "GET", "/mock/last_request", &[], "").json();
+    let mut body = chat_body(2, false);
+    body["x_vendor_option"] = json!({"nested": [1, 2, {"k": "v"}]});
+    body["seed"] = json!(42);
+    assert_eq!(s.chat(body.clone()).status, 200);
+    assert_eq!(
+        last(),
+        body,
+        "a request the gateway need not change goes upstream as sent"
+    );
+    let mut stream = chat_body(2, true);
+    stream["x_vendor_option"] = json!("kept");
+    assert_eq!(s.chat(stream.clone()).status, 200);
+    let seen = last();
+    assert_eq!(seen["x_vendor_option"], "kept");
+    assert_eq!(
+        seen["stream_options"]["include_usage"], true,
+        "usage is requested for metering"
+    );
+}

@@ -87,6 +87,7 @@ async fn route(
                 Ok(v) => v,
                 Err(resp) => return resp,
             };
+            mock.remember(&body);
             inference(mock, behavior, path, id, body).await
         }
         (Method::GET, "/mock/behavior") => match serde_json::to_value(&behavior) {
@@ -107,6 +108,10 @@ async fn route(
                 Err(e) => error(StatusCode::BAD_REQUEST, &e, None),
             }
         }
+        (Method::GET, "/mock/last_request") => match mock.last_request() {
+            Some(v) => json_response(StatusCode::OK, &v),
+            None => error(StatusCode::NOT_FOUND, "no request yet", None),
+        },
         (Method::GET, "/mock/stats") => json_response(StatusCode::OK, &json!(mock.stats.totals())),
         (Method::GET, "/mock/served") => {
             let all: serde_json::Map<String, Value> = mock

@@ -5,7 +5,7 @@
 //!
 //! Endpoints: `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `GET /v1/models`,
 //! `GET /healthz`; control: `GET|POST /mock/behavior`, `GET /mock/stats`,
-//! `GET /mock/served[/{request_id}]`, `DELETE /mock/served`.
+//! `GET /mock/served[/{request_id}]`, `DELETE /mock/served`, `GET /mock/last_request`.
 
 pub mod behavior;
 mod handlers;
@@ -37,11 +37,24 @@ pub struct Mock {
     behavior: RwLock<Behavior>,
     pub stats: stats::Stats,
     requests: AtomicU64,
+    /// The last inference request body received (`GET /mock/last_request`).
+    last_request: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 impl Mock {
     pub fn behavior(&self) -> Behavior {
         self.behavior.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Remembers the last inference request body.
+    pub fn remember(&self, body: &serde_json::Value) {
+        if let Ok(mut g) = self.last_request.lock() {
+            *g = Some(body.clone());
+        }
+    }
+
+    pub fn last_request(&self) -> Option<serde_json::Value> {
+        self.last_request.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn set_behavior(&self, b: Behavior) {
@@ -71,6 +84,7 @@ impl MockServer {
             behavior: RwLock::new(behavior),
             stats: stats::Stats::default(),
             requests: AtomicU64::new(0),
+            last_request: std::sync::Mutex::new(None),
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, mock.clone(), stop_rx));

@@ -41,7 +41,10 @@ pub async fn forward(
 ) -> Result<Forwarded, GwError> {
     let router = &gw.router;
     router.budget.deposit();
-    let default_body = Bytes::from(serde_json::to_vec(&v.body).unwrap_or_default());
+    let default_body = match &v.raw {
+        Some(raw) => raw.clone(),
+        None => Bytes::from(serde_json::to_vec(&v.body).unwrap_or_default()),
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut last_err: Option<GwError> = None;
     let mut headers = vec![(

@@ -44,6 +44,8 @@ pub struct Validated {
     pub model: Arc<ModelEntry>,
     /// The body as the client sent it (plus the usage request for streams).
     pub body: Map<String, Value>,
+    /// The client's bytes, when the gateway changed nothing (sent upstream as they are).
+    pub raw: Option<Bytes>,
     pub stream: bool,
     /// The client asked for the usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
@@ -124,6 +126,7 @@ pub fn validate(
     Ok(Validated {
         kind,
         model,
+        raw: (!stream).then(|| raw.clone()),
         body,
         stream,
         include_usage,
