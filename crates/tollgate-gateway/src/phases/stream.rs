@@ -58,6 +58,26 @@ pub struct Whole {
     pub usage: Option<Usage>,
 }
 
+/// The top-level `usage` of a whole response: read from the last `"usage"` key (where OpenAI
+/// and vLLM put it) without parsing the choices; the whole body is parsed only if that fails.
+fn usage_of(body: &[u8]) -> Option<Usage> {
+    let fast = || {
+        let i = memchr::memmem::rfind(body, b"\"usage\"")?;
+        if i > 0 && body[i - 1] == b'\\' {
+            return None; // inside a string
+        }
+        let rest = body[i + 7..].trim_ascii_start().strip_prefix(b":")?;
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<UsageJson>();
+        values.next()?.ok().map(|u| u.usage())
+    };
+    fast().or_else(|| {
+        serde_json::from_slice::<WithUsage>(body)
+            .ok()
+            .and_then(|w| w.usage)
+            .map(|u| u.usage())
+    })
+}
+
 /// Reads a non-streaming response, bounded in size and by the deadline.
 pub async fn read_whole(gw: &Gw, fwd: Forwarded, deadline: Instant) -> Result<Whole, GwError> {
     let Forwarded {
@@ -86,10 +106,7 @@ pub async fn read_whole(gw: &Gw, fwd: Forwarded, deadline: Instant) -> Result<Wh
         Ok(Ok(b)) => b.to_bytes(),
     };
     gw.client.release(conn);
-    let usage = serde_json::from_slice::<WithUsage>(&body)
-        .ok()
-        .and_then(|w| w.usage)
-        .map(|u| u.usage());
+    let usage = usage_of(&body);
     drop(picked);
     Ok(Whole {
         status,
@@ -486,6 +503,24 @@ mod tests {
             Some(b"a\nb".to_vec())
         );
         assert_eq!(sse_data(b": comment"), None);
+    }
+
+    #[test]
+    fn usage_is_found_without_parsing_the_choices() {
+        let body = br#"{"choices":[{"message":{"content":"say \"usage\": {}"}}],"usage": {"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(
+            usage_of(body),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                estimated: false
+            })
+        );
+        // usage first, an escaped "usage" later in the text: the full parse still finds it
+        let odd = br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[{"text":"\"usage\""}]}"#;
+        assert_eq!(usage_of(odd).map(|u| u.completion_tokens), Some(2));
+        assert_eq!(usage_of(br#"{"choices":[],"usage":null}"#), None);
+        assert_eq!(usage_of(b"not json"), None);
     }
 
     #[test]
