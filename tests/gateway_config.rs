@@ -189,3 +189,45 @@ async fn not_ready_and_unavailable_until_the_first_config() {
     assert_eq!((r.status, code(&r)), (503, "store_unavailable".into()));
     assert!(r.header("retry-after").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeat_while_the_first_is_in_flight_conflicts_then_replays() {
+    let s = Stack::start(1, |m| vec![model("m", &[&[&m[0]]])], &[]).await;
+    // the upstream holds every answer for a while, so the first request stays in flight
+    s.behave(0, json!({"ttft_ms": 3000}));
+    let send = {
+        let gw = s.gw.clone();
+        let auth = format!("Bearer {}", s.key);
+        move || {
+            http(
+                &gw,
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth), ("idempotency-key", "in-flight-1")],
+                &chat_body(3, false).to_string(),
+            )
+        }
+    };
+    let first = std::thread::spawn(send.clone());
+    // wait until the gateway holds the key (state, not time)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.metric("tollgate_gateway_idempotency_keys ") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "key never registered");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dup = send();
+    assert_eq!(
+        (dup.status, code(&dup)),
+        (409, "idempotency_conflict".into())
+    );
+    let first = first.join().expect("first request");
+    assert_eq!(first.status, 200);
+    let replay = send();
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json()["id"], first.json()["id"]);
+    assert_eq!(
+        s.stats(0)["requests"].as_u64(),
+        Some(1),
+        "the upstream served the key once"
+    );
+}
