@@ -2,12 +2,12 @@
 //! a `tollgate` process on loopback (stopped by PID on drop), plus a small blocking HTTP/1.1
 //! client that returns exactly what came over the socket.
 
-use super::{BIN, Cluster, free_port};
+use super::{Cluster, free_port, spawn_logged};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tollgate_types::admin::AdminOp;
 use tollgate_types::amount::Price;
@@ -24,17 +24,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[String], log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).expect("create log");
-        let child = Command::new(BIN)
-            .args(args)
-            .env("TOLLGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("clone log fd"))
-            .stderr(f)
-            .spawn()
-            .expect("spawn tollgate");
         Proc {
-            child: Some(child),
+            child: Some(spawn_logged(args, &log)),
             log,
         }
     }

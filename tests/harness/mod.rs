@@ -27,6 +27,23 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Spawns `tollgate <args>` with stdout and stderr appended to `log`.
+pub fn spawn_logged(args: &[String], log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open process log");
+    Command::new(BIN)
+        .args(args)
+        .env("TOLLGATE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().expect("clone log fd"))
+        .stderr(f)
+        .spawn()
+        .expect("spawn tollgate")
+}
+
 pub struct StoreProc {
     pub id: u64,
     pub addr: String,
@@ -37,20 +54,11 @@ pub struct StoreProc {
 
 impl StoreProc {
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.with_extension("log"))
-            .expect("open node log");
-        let child = Command::new(BIN)
-            .args(&self.args)
-            .env("TOLLGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tollgate store");
-        self.child = Some(child);
+        // appended: a restarted node keeps its earlier log
+        self.child = Some(spawn_logged(
+            &self.args,
+            &self.data_dir.with_extension("log"),
+        ));
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -19,7 +19,12 @@ pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = full(status, v.to_string());
+    json_bytes(status, v.to_string())
+}
+
+/// An already-encoded JSON body (a relayed or replayed upstream answer, an error body).
+pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = full(status, body);
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),

@@ -2,9 +2,9 @@
 //! `type`/`code`, source, retryability) plus what the response needs (retry hints), rendered as
 //! OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 
-use crate::body::{Body, full};
+use crate::body::{Body, json};
 use hyper::Response;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::HeaderValue;
 use std::time::Duration;
 use tollgate_types::{ApiError, ErrorCode};
 
@@ -62,9 +62,8 @@ impl GwError {
     pub fn into_response(self) -> Response<Body> {
         let status = hyper::StatusCode::from_u16(self.api.code.info().http_status)
             .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-        let mut r = full(status, self.body_json().to_string());
+        let mut r = json(status, &self.body_json());
         let h = r.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(d) = self.retry_after {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {

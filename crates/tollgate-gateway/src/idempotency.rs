@@ -100,7 +100,7 @@ impl Idempotency {
                 ),
             };
         }
-        if map.len() >= self.max {
+        if map.len() >= self.max && !evict_oldest_done(map, order) {
             return Begin::Full;
         }
         map.insert(
@@ -129,6 +129,30 @@ impl Idempotency {
         if let Ok(mut g) = self.inner.lock() {
             g.0.remove(&(org.clone(), key.to_owned()));
         }
+    }
+}
+
+/// Whether the slot in `order` still names the live entry for its key.
+fn live(map: &HashMap<Key, Entry>, k: &Key, at: Instant) -> bool {
+    map.get(k).is_some_and(|e| e.at == at)
+}
+
+/// At capacity with an in-flight request at the front: frees the oldest completed entry
+/// behind it. Also drops queue slots of forgotten or replaced keys once they outnumber the
+/// live ones, so the queue stays bounded by the table.
+fn evict_oldest_done(map: &mut HashMap<Key, Entry>, order: &mut VecDeque<(Key, Instant)>) -> bool {
+    if order.len() > 2 * map.len() + 16 {
+        order.retain(|(k, at)| live(map, k, *at));
+    }
+    let victim = order
+        .iter()
+        .find(|(k, at)| {
+            live(map, k, *at) && matches!(map.get(k), Some(e) if matches!(e.state, State::Done(_)))
+        })
+        .map(|(k, _)| k.clone());
+    match victim {
+        Some(k) => map.remove(&k).is_some(),
+        None => false,
     }
 }
 
@@ -193,6 +217,24 @@ mod tests {
         ));
         i.forget(&org("b"), "k");
         assert!(matches!(i.begin(&org("b"), "k", h), Begin::Run));
+    }
+
+    #[test]
+    fn a_completed_entry_behind_an_in_flight_one_makes_room() {
+        let i = Idempotency::new(2, Duration::from_secs(60));
+        let h = body_hash(b"{}");
+        assert!(matches!(i.begin(&org("a"), "1", h), Begin::Run));
+        assert!(matches!(i.begin(&org("a"), "2", h), Begin::Run));
+        i.complete(&org("a"), "2", None);
+        assert!(
+            matches!(i.begin(&org("a"), "3", h), Begin::Run),
+            "2 evicted"
+        );
+        assert!(
+            matches!(i.begin(&org("a"), "1", h), Begin::Conflict(_)),
+            "1 still in flight"
+        );
+        assert_eq!(i.len(), 2);
     }
 
     #[test]

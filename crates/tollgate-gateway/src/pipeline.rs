@@ -3,7 +3,7 @@
 //! stream/meter → settle → log. Every response gets `x-request-id` and `Server-Timing`.
 
 use crate::Gw;
-use crate::body::{Body, full, json};
+use crate::body::{Body, full, json, json_bytes};
 use crate::error::GwError;
 use crate::idempotency::{Begin, KEY_BYTES_MAX, Stored, body_hash};
 use crate::metrics::RouteLabel;
@@ -11,7 +11,7 @@ use crate::phases::admit::{AdmitRequest, Usage};
 use crate::phases::auth::{self, Caller};
 use crate::phases::log::{self, Timing};
 use crate::phases::settle::{Settlement, SettlementParts, now_ms};
-use crate::phases::stream::{self, whole_response};
+use crate::phases::stream;
 use crate::phases::upstream;
 use crate::phases::validate::{self, Kind, Validated};
 use bytes::Bytes;
@@ -413,7 +413,7 @@ fn respond_whole(
             body: whole.body.clone(),
         }));
     }
-    let mut r = whole_response(whole.status, whole.body);
+    let mut r = json_bytes(whole.status, whole.body);
     for (k, val) in headers {
         r.headers_mut().insert(k, val);
     }
@@ -426,7 +426,7 @@ fn relay_client_error(status: StatusCode, body: Bytes) -> Response<Body> {
         .ok()
         .is_some_and(|v| v.get("error").is_some_and(|e| e.is_object()));
     if shaped {
-        return whole_response(status, body);
+        return json_bytes(status, body);
     }
     let msg: String = String::from_utf8_lossy(&body).chars().take(500).collect();
     let v = json!({"error": {"message": format!("The model server refused the request: {msg}"),
@@ -437,7 +437,7 @@ fn relay_client_error(status: StatusCode, body: Bytes) -> Response<Body> {
 fn replay(gw: &Gw, s: Stored) -> Response<Body> {
     gw.metrics.replay();
     let status = StatusCode::from_u16(s.status).unwrap_or(StatusCode::OK);
-    let mut r = whole_response(status, s.body);
+    let mut r = json_bytes(status, s.body);
     r.headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
     r

@@ -6,7 +6,7 @@
 //! whole (bounded) and their `usage` taken from the body.
 
 use crate::Gw;
-use crate::body::{Body, full};
+use crate::body::Body;
 use crate::error::GwError;
 use crate::phases::admit::Usage;
 use crate::phases::settle::Settlement;
@@ -479,14 +479,6 @@ fn strip_usage(data: &[u8]) -> Vec<u8> {
     obj.remove("usage");
     let json = serde_json::to_vec(&obj).unwrap_or_default();
     [b"data: ".as_slice(), &json, b"\n\n"].concat()
-}
-
-/// A whole response to the client (used for non-streaming answers and replays).
-pub fn whole_response(status: hyper::StatusCode, body: Bytes) -> Response<Body> {
-    let mut r = full(status, body);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
 }
 
 #[cfg(test)]

@@ -149,27 +149,30 @@ fn required_str<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a str
     }
 }
 
-fn opt_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, GwError> {
+/// An optional field read with `get`; absent or null is `None`, another type names `expected`.
+fn optional<T>(
+    body: &Map<String, Value>,
+    field: &str,
+    expected: &str,
+    get: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>, GwError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(GwError::invalid(
-            field,
-            format!("Invalid type for '{field}': expected a boolean."),
-        )),
-    }
-}
-
-fn opt_u64(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, GwError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+        Some(v) => get(v).map(Some).ok_or_else(|| {
             GwError::invalid(
                 field,
-                format!("Invalid type for '{field}': expected a non-negative integer."),
+                format!("Invalid type for '{field}': expected {expected}."),
             )
         }),
     }
+}
+
+fn opt_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, GwError> {
+    optional(body, field, "a boolean", Value::as_bool)
+}
+
+fn opt_u64(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, GwError> {
+    optional(body, field, "a non-negative integer", Value::as_u64)
 }
 
 fn number_in(body: &Map<String, Value>, field: &str, lo: f64, hi: f64) -> Result<(), GwError> {
