@@ -3,9 +3,9 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use tollgate_ledger::lease::Want;
 use tollgate_ledger::{Actor, Command, Request, State};
 use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, KeyStatus, Org, OrgStatus, Project};
+use tollgate_types::lease::Want;
 use tollgate_types::limits::{Dimension, FailPolicy, Limit, LimitKey, Period, Scope};
 use tollgate_types::secret::{ClusterSecret, Role};
 use tollgate_types::usage::{UsageRecord, UsageStatus};
@@ -118,6 +118,7 @@ fn record(i: u64) -> UsageRecord {
         started_at_ms: 0,
         ended_at_ms: 0,
         estimated: false,
+        unbacked: false,
     }
 }
 
@@ -166,7 +167,9 @@ fn bench(c: &mut Criterion) {
                 model: None,
                 dimension,
             },
-            amount: 10,
+            want: 10,
+            unit: 1,
+            overrun: 0,
         })
         .collect();
         b.iter_batched(
@@ -177,6 +180,7 @@ fn bench(c: &mut Criterion) {
                         gateway: "gw1".into(),
                         wants: wants.clone(),
                         returns: vec![],
+                        usage: vec![],
                     },
                 )
             },

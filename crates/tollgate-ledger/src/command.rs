@@ -78,11 +78,13 @@ pub enum Command {
     },
     /// Declarative config: upsert every org, project, model and limit in the document, atomically.
     ApplyConfig(ConfigDoc),
-    /// A gateway's lease refresh: wants per bucket and returns of unused lease amounts.
+    /// A gateway's lease refresh: its usage records since the last call, returns of unused
+    /// lease amounts and wants per bucket. `gateway` is the lease holder (`id:incarnation`).
     Acquire {
         gateway: String,
-        wants: Vec<crate::lease::Want>,
-        returns: Vec<crate::lease::Return>,
+        wants: Vec<tollgate_types::lease::Want>,
+        returns: Vec<tollgate_types::lease::Return>,
+        usage: Vec<UsageRecord>,
     },
     /// Usage records from a gateway: ledger entries and lease settlements, deduplicated by id.
     RecordUsage {

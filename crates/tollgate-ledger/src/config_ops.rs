@@ -301,7 +301,7 @@ impl State {
             .limits
             .insert(key.clone(), l.clone())
             .map(|b| redacted_json(&b));
-        self.retarget_buckets(&key, l.limit, touched);
+        self.retarget_buckets(l, touched);
         let target = format!("limit/{}", serde_json::to_string(&key).unwrap_or_default());
         Ok(("limit.put", target, before, Some(redacted_json(l))))
     }
@@ -309,13 +309,17 @@ impl State {
     /// Moves live buckets of a limit to its new value. A lower limit never makes what was
     /// already committed a QL-1 violation: the bucket keeps `max(new, committed - debt)` as its
     /// checked limit, and grants use the configured value.
-    fn retarget_buckets(&mut self, key: &LimitKey, limit: u64, touched: &mut Touched) {
+    fn retarget_buckets(&mut self, l: &Limit, touched: &mut Touched) {
+        let key = l.key();
+        let limit = crate::lease::bucket_limit(l);
         for (id, b) in self
             .buckets
             .range_mut((key.clone(), 0)..=(key.clone(), u64::MAX))
         {
             let committed = b.settled.saturating_add(b.held).saturating_sub(b.debt);
             b.limit = limit.max(committed);
+            // a rate bucket never holds more tokens than its (new) depth
+            b.level = b.level.min(u128::from(limit) * crate::lease::RATE_SCALE);
             touched.buckets.push(id.clone());
         }
     }
@@ -387,7 +391,7 @@ impl State {
         }
         for l in &doc.limits {
             self.limits.insert(l.key(), l.clone());
-            self.retarget_buckets(&l.key(), l.limit, touched);
+            self.retarget_buckets(l, touched);
         }
         if changed > 0 {
             self.config_version += 1;

@@ -1,53 +1,94 @@
-//! Buckets and leases. A bucket is one limit in one period with settled usage `S`, holds `H`
-//! (live leases) and recorded debt `D`; a grant needs `S + H + g <= L`, so QL-1
-//! (`S + H <= L + D`) holds after every apply. Gateways hold leases per bucket and return what
-//! they did not use; a lease not renewed is released after its TTL plus a settlement grace.
+//! Buckets and leases (docs/design/quotas.md). A volume bucket (a budget per period, or the
+//! slots of a concurrency limit) keeps settled usage `S`, holds `H` (live leases, including
+//! emergency reserves and in-flight amounts of expired leases) and recorded debt `D`; a grant
+//! needs `S + H + g <= L`, so QL-1 (`S + H <= L + D`) holds after every apply. A rate bucket is
+//! a token bucket (depth `limit + burst`, refilled at `limit` per minute of store time); a grant
+//! withdraws tokens, which the gateway may use for one TTL and which then expire (RL-1: the
+//! level never exceeds the depth). Gateways return unused volume; a lease not renewed is released
+//! once no request admitted on it can still be running.
 
 use crate::outcome::Outcome;
 use crate::state::{InvariantViolation, State, Touched};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tollgate_types::error::ApiError;
-use tollgate_types::limits::{Dimension, LimitKey, period_index};
+use tollgate_types::lease::{
+    ACQUIRE_ITEMS_MAX, LEASE_TTL_MS, REQUEST_DURATION_MAX_MS, RESERVE_TTL_MS, Return,
+    SETTLE_MARGIN_MS, Want,
+};
+use tollgate_types::limits::{Dimension, Limit, LimitKey, period_index};
+use tollgate_types::usage::UsageRecord;
 
-/// How long a lease lets a gateway admit, from the gateway's own send time.
-pub const LEASE_TTL_MS: u64 = 10_000;
-/// After the TTL, how long the store keeps the hold for usage still in flight.
-pub const LEASE_SETTLE_GRACE_MS: u64 = 30_000;
-/// Most wants or returns in one `Acquire`.
-pub const ACQUIRE_ITEMS_MAX: usize = 4096;
-
-/// A limit in one period (a minute for rates, a calendar period for budgets, 0 for concurrency).
+/// A limit in one period (a budget's calendar period; 0 for rates and concurrency).
 pub type BucketId = (LimitKey, u64);
+
+/// Rate-bucket levels are kept in units × this (per-minute limits refill exactly per ms).
+pub const RATE_SCALE: u128 = 60_000;
+
+/// How a dimension is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Rate,
+    Volume,
+    Concurrency,
+}
+
+pub fn kind(dim: Dimension) -> Kind {
+    match dim {
+        Dimension::RequestsPerMinute
+        | Dimension::InputTokensPerMinute
+        | Dimension::OutputTokensPerMinute => Kind::Rate,
+        Dimension::ConcurrentRequests => Kind::Concurrency,
+        Dimension::TokenBudget { .. } | Dimension::MoneyBudget { .. } => Kind::Volume,
+    }
+}
 
 /// Period index of the bucket a dimension uses at store time `ts_ms`.
 pub fn bucket_period(dim: Dimension, ts_ms: u64) -> u64 {
     match dim {
-        Dimension::RequestsPerMinute
-        | Dimension::InputTokensPerMinute
-        | Dimension::OutputTokensPerMinute => ts_ms / 60_000,
-        Dimension::ConcurrentRequests => 0,
         Dimension::TokenBudget { period } | Dimension::MoneyBudget { period } => {
             period_index(period, ts_ms)
         }
+        _ => 0,
+    }
+}
+
+/// The number QL-1 / RL-1 check a bucket against: the depth for rates, the limit otherwise.
+pub fn bucket_limit(l: &Limit) -> u64 {
+    match kind(l.dimension) {
+        Kind::Rate => l.limit.saturating_add(l.burst),
+        _ => l.limit,
     }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
-    /// The limit QL-1 is checked against: the configured limit, or what was already committed
-    /// when an operator lowered it (grants always use the configured limit).
+    /// The limit QL-1 is checked against: the configured limit (the depth for rates), or what
+    /// was already committed when an operator lowered it (grants use the configured limit).
     pub limit: u64,
     pub settled: u64,
     pub held: u64,
     pub debt: u64,
+    /// Rate buckets: tokens in the bucket × `RATE_SCALE`, as of `level_at_ms`.
+    pub level: u128,
+    pub level_at_ms: u64,
+    /// Recent unmet wants per holder: holder → (want, unit, store time), for the fair share.
+    pub wants: BTreeMap<String, (u64, u64, u64)>,
 }
 
 impl Bucket {
-    pub fn check_ql1(&self, id: &BucketId) -> Result<(), InvariantViolation> {
+    pub fn check(&self, id: &BucketId) -> Result<(), InvariantViolation> {
+        let name = || format!("{:?}/{}", id.0, id.1);
+        if kind(id.0.dimension) == Kind::Rate && self.level > u128::from(self.limit) * RATE_SCALE {
+            return Err(InvariantViolation::Rl1 {
+                bucket: name(),
+                level: (self.level / RATE_SCALE) as u64,
+                depth: self.limit,
+            });
+        }
         if self.settled.saturating_add(self.held) > self.limit.saturating_add(self.debt) {
             return Err(InvariantViolation::Ql1 {
-                bucket: format!("{:?}/{}", id.0, id.1),
+                bucket: name(),
                 settled: self.settled,
                 held: self.held,
                 limit: self.limit,
@@ -66,21 +107,39 @@ impl Bucket {
             self.debt += used - cap;
         }
     }
+
+    /// Rate buckets: refills at `per_minute` up to the depth, as of store time `now`.
+    pub fn refill(&mut self, per_minute: u64, now: u64) {
+        let elapsed = now.saturating_sub(self.level_at_ms);
+        let depth = u128::from(self.limit) * RATE_SCALE;
+        self.level = (self.level + u128::from(per_minute) * u128::from(elapsed)).min(depth);
+        self.level_at_ms = self.level_at_ms.max(now);
+    }
+
+    /// Whole tokens in a rate bucket.
+    pub fn tokens(&self) -> u64 {
+        (self.level / RATE_SCALE) as u64
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub id: u64,
-    pub gateway: String,
+    /// `gateway-id:incarnation`.
+    pub holder: String,
     pub bucket: BucketId,
+    /// Everything granted on this lease (grants plus the reserve).
     pub amount: u64,
     pub settled: u64,
     pub returned: u64,
-    /// Store time after which the hold is released (TTL + settlement grace).
+    /// Emergency reserve included in `amount` (fail policy `reserve`).
+    pub reserve: u64,
+    /// Store time after which the hold is released: no request admitted on it can still run.
     pub release_at_ms: u64,
 }
 
 impl Lease {
+    /// The hold this lease still has in its bucket.
     pub fn remaining(&self) -> u64 {
         self.amount
             .saturating_sub(self.settled)
@@ -92,45 +151,47 @@ impl Lease {
 pub struct Leases {
     pub next_id: u64,
     pub by_id: BTreeMap<u64, Lease>,
-    /// (gateway, bucket) → live lease id.
+    /// (holder, bucket) → live lease id.
     pub by_holder: BTreeMap<(String, BucketId), u64>,
+    /// (release time, lease id), to release expired leases without a scan.
+    pub by_release: BTreeSet<(u64, u64)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Want {
-    pub limit: LimitKey,
-    pub amount: u64,
+impl Leases {
+    fn reschedule(&mut self, id: u64, release_at_ms: u64) {
+        if let Some(l) = self.by_id.get_mut(&id) {
+            self.by_release.remove(&(l.release_at_ms, id));
+            l.release_at_ms = release_at_ms;
+            self.by_release.insert((release_at_ms, id));
+        }
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Return {
-    pub lease_id: u64,
-    pub unused: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    pub limit: LimitKey,
-    pub lease_id: u64,
-    /// Total amount of the lease after this grant (a lease never shrinks).
-    pub amount: u64,
-    pub ttl_ms: u64,
+/// When the hold of a lease last renewed at `now` may be released.
+pub fn release_at(now: u64, reserve: u64) -> u64 {
+    let window = if reserve > 0 {
+        RESERVE_TTL_MS
+    } else {
+        LEASE_TTL_MS
+    };
+    now + window + REQUEST_DURATION_MAX_MS + SETTLE_MARGIN_MS
 }
 
 impl State {
     pub(crate) fn acquire(
         &mut self,
-        gateway: &str,
-        wants: &[Want],
-        returns: &[Return],
+        holder: &str,
+        body: (&[Want], &[Return], &[UsageRecord]),
         touched: &mut Touched,
     ) -> Result<Outcome, ApiError> {
+        let (wants, returns, usage) = body;
         if wants.len() > ACQUIRE_ITEMS_MAX || returns.len() > ACQUIRE_ITEMS_MAX {
             return Err(ApiError::invalid(
                 "wants",
                 format!("at most {ACQUIRE_ITEMS_MAX} wants and returns per acquire"),
             ));
         }
+        crate::usage::check_batch(usage)?;
         // validate every want before changing anything: an acquire applies whole or not at all
         if let Some(i) = wants
             .iter()
@@ -140,28 +201,41 @@ impl State {
                 ApiError::not_found("no such limit").with_param(format!("wants[{i}].limit"))
             );
         }
+        // usage first (it draws on the leases it was admitted on), then returns, then grants
+        let acks = usage
+            .iter()
+            .map(|r| self.record_one(r, holder, touched))
+            .collect();
         for r in returns {
-            self.return_unused(gateway, r, touched);
+            self.return_unused(holder, r, touched);
         }
         self.release_expired(touched);
         let mut grants = Vec::with_capacity(wants.len());
         for w in wants {
-            grants.push(self.grant(gateway, w, touched)?);
+            grants.push(self.grant(holder, w, touched)?);
         }
-        Ok(Outcome::Leases { grants })
+        Ok(Outcome::Leases { grants, acks })
     }
 
-    fn return_unused(&mut self, gateway: &str, r: &Return, touched: &mut Touched) {
+    fn return_unused(&mut self, holder: &str, r: &Return, touched: &mut Touched) {
         let Some(lease) = self.leases.by_id.get_mut(&r.lease_id) else {
             return;
         };
-        if lease.gateway != gateway {
+        if lease.holder != holder {
             return;
         }
         let give_back = r.unused.min(lease.remaining());
         lease.returned += give_back;
         if let Some(b) = self.buckets.get_mut(&lease.bucket) {
-            b.held = b.held.saturating_sub(give_back);
+            match kind(lease.bucket.0.dimension) {
+                // a returned reserve goes back into the token bucket (capped at the depth)
+                Kind::Rate => {
+                    b.held = b.held.saturating_sub(give_back);
+                    let depth = u128::from(b.limit) * RATE_SCALE;
+                    b.level = (b.level + u128::from(give_back) * RATE_SCALE).min(depth);
+                }
+                _ => b.held = b.held.saturating_sub(give_back),
+            }
             touched.buckets.push(lease.bucket.clone());
         }
     }
@@ -180,23 +254,20 @@ impl State {
             .retain(|(key, period), b| b.held > 0 || *period >= bucket_period(key.dimension, now));
     }
 
-    /// Releases the holds of leases past their release time, in lease id order.
+    /// Releases the holds of leases past their release time, in (time, id) order.
     pub(crate) fn release_expired(&mut self, touched: &mut Touched) {
         let now = self.clock_ms;
-        let expired: Vec<u64> = self
-            .leases
-            .by_id
-            .values()
-            .filter(|l| l.release_at_ms <= now)
-            .map(|l| l.id)
-            .collect();
-        for id in expired {
+        while let Some(&(at, id)) = self.leases.by_release.first() {
+            if at > now {
+                break;
+            }
+            self.leases.by_release.pop_first();
             let Some(lease) = self.leases.by_id.remove(&id) else {
                 continue;
             };
             self.leases
                 .by_holder
-                .remove(&(lease.gateway.clone(), lease.bucket.clone()));
+                .remove(&(lease.holder.clone(), lease.bucket.clone()));
             if let Some(b) = self.buckets.get_mut(&lease.bucket) {
                 b.held = b.held.saturating_sub(lease.remaining());
                 touched.buckets.push(lease.bucket);
@@ -205,61 +276,63 @@ impl State {
         self.prune_buckets();
     }
 
-    fn grant(&mut self, gateway: &str, w: &Want, touched: &mut Touched) -> Result<Grant, ApiError> {
-        let limit = self
-            .limits
-            .get(&w.limit)
-            .ok_or_else(|| ApiError::not_found("no such limit").with_param("wants.limit"))?
-            .limit;
-        let bucket_id = (
-            w.limit.clone(),
-            bucket_period(w.limit.dimension, self.clock_ms),
+    /// The holder's live lease on a bucket, created empty if there is none.
+    pub(crate) fn lease_for(&mut self, holder: &str, bucket: &BucketId) -> u64 {
+        let key = (holder.to_owned(), bucket.clone());
+        if let Some(id) = self.leases.by_holder.get(&key) {
+            return *id;
+        }
+        self.leases.next_id += 1;
+        let id = self.leases.next_id;
+        let release = release_at(self.clock_ms, 0);
+        self.leases.by_id.insert(
+            id,
+            Lease {
+                id,
+                holder: holder.to_owned(),
+                bucket: bucket.clone(),
+                amount: 0,
+                settled: 0,
+                returned: 0,
+                reserve: 0,
+                release_at_ms: release,
+            },
         );
-        let bucket = self
-            .buckets
-            .entry(bucket_id.clone())
-            .or_insert_with(|| Bucket {
-                limit,
-                ..Default::default()
-            });
-        let committed = bucket.settled.saturating_add(bucket.held);
-        let avail = limit.saturating_sub(committed);
-        let g = w.amount.min(avail);
-        bucket.held += g;
-        touched.buckets.push(bucket_id.clone());
-        let release_at_ms = self.clock_ms + LEASE_TTL_MS + LEASE_SETTLE_GRACE_MS;
-        let key = (gateway.to_owned(), bucket_id.clone());
-        let lease_id = match self.leases.by_holder.get(&key) {
-            Some(id) => *id,
-            None => {
-                self.leases.next_id += 1;
-                let id = self.leases.next_id;
-                let lease = Lease {
-                    id,
-                    gateway: gateway.to_owned(),
-                    bucket: bucket_id,
-                    amount: 0,
-                    settled: 0,
-                    returned: 0,
-                    release_at_ms,
-                };
-                self.leases.by_id.insert(id, lease);
-                self.leases.by_holder.insert(key, id);
-                id
-            }
-        };
-        let lease = self
+        self.leases.by_release.insert((release, id));
+        self.leases.by_holder.insert(key, id);
+        id
+    }
+
+    /// Settles `amount` of usage by `holder` into a volume bucket, drawing on its lease first.
+    pub(crate) fn settle_into(
+        &mut self,
+        holder: &str,
+        bucket_id: BucketId,
+        limit: u64,
+        amount: u64,
+    ) {
+        let lease_id = self
             .leases
-            .by_id
-            .get_mut(&lease_id)
-            .expect("by_holder points at a live lease");
-        lease.amount += g;
-        lease.release_at_ms = release_at_ms;
-        Ok(Grant {
-            limit: w.limit.clone(),
-            lease_id,
-            amount: lease.remaining(),
-            ttl_ms: LEASE_TTL_MS,
-        })
+            .by_holder
+            .get(&(holder.to_owned(), bucket_id.clone()))
+            .copied();
+        let from_lease = match lease_id.and_then(|id| self.leases.by_id.get_mut(&id)) {
+            Some(lease) => {
+                let take = amount.min(lease.remaining());
+                lease.settled += take;
+                take
+            }
+            None => 0,
+        };
+        let bucket = self.buckets.entry(bucket_id).or_insert_with(|| Bucket {
+            limit,
+            ..Default::default()
+        });
+        bucket.held = bucket.held.saturating_sub(from_lease);
+        bucket.settle(amount);
+    }
+
+    pub(crate) fn reschedule_lease(&mut self, id: u64, release_at_ms: u64) {
+        self.leases.reschedule(id, release_at_ms);
     }
 }

@@ -4,7 +4,8 @@
 //! replica that applies the same requests in the same order ends in the same state.
 //!
 //! Invariants asserted in `apply` (see `docs/invariants.md`):
-//! - **QL-1** for every bucket, `settled + held <= limit + debt`.
+//! - **QL-1** for every volume bucket, `settled + held <= limit + debt`.
+//! - **RL-1** a rate bucket's level never exceeds its depth (`limit + burst`).
 //! - **LG-1** a request id appears in the ledger at most once.
 //! - **AU-1** every audit record's `prev_hash` is the hash of the record before it.
 //! - **SM-1** the store clock never goes backwards.
@@ -14,6 +15,7 @@ pub mod command;
 pub mod config_ops;
 pub mod dedup;
 pub mod doc;
+pub mod grant;
 pub mod lease;
 pub mod outcome;
 pub mod state;

@@ -3,18 +3,7 @@
 use serde::{Deserialize, Serialize};
 use tollgate_types::error::ApiError;
 
-/// Per usage record result, stable per request id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum UsageAck {
-    /// Appended to the ledger at this sequence number.
-    Accepted { seq: u64 },
-    /// Already in the ledger with the same body; nothing changed.
-    Duplicate { seq: u64 },
-    /// The id is already in the ledger with a different body; nothing changed. Reported.
-    Conflict { seq: u64 },
-    /// Rejected for good (e.g. unknown org); a retry gets the same rejection.
-    Rejected { reason: String },
-}
+pub use tollgate_types::usage::UsageAck;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -35,7 +24,8 @@ pub enum Outcome {
         changed: u32,
     },
     Leases {
-        grants: Vec<crate::lease::Grant>,
+        grants: Vec<tollgate_types::lease::Grant>,
+        acks: Vec<UsageAck>,
     },
     Usage {
         acks: Vec<UsageAck>,

@@ -28,6 +28,12 @@ pub enum InvariantViolation {
         limit: u64,
         debt: u64,
     },
+    #[error("RL-1 violated for rate bucket {bucket}: level {level} > depth {depth}")]
+    Rl1 {
+        bucket: String,
+        level: u64,
+        depth: u64,
+    },
     #[error("LG-1 violated: request id {0} appears twice in the ledger")]
     Lg1(String),
     #[error("AU-1 violated: audit record {0} does not link to its predecessor")]
@@ -159,7 +165,8 @@ impl State {
                 gateway,
                 wants,
                 returns,
-            } => self.acquire(gateway, wants, returns, touched),
+                usage,
+            } => self.acquire(gateway, (wants, returns, usage), touched),
             Command::RecordUsage { records } => self.record_usage(records, touched),
             _ => self.execute_config(&ctx, touched),
         }
@@ -262,7 +269,7 @@ impl State {
     fn check_invariants(&self, touched: &Touched) -> Result<(), InvariantViolation> {
         for id in &touched.buckets {
             if let Some(b) = self.buckets.get(id) {
-                b.check_ql1(id)?;
+                b.check(id)?;
             }
         }
         for entry in (touched.ledger_from..self.ledger.len()).map(|i| &self.ledger[i]) {
@@ -282,7 +289,7 @@ impl State {
     /// Checks QL-1 on every bucket and LG-1 over the whole ledger (tests, chaos checker).
     pub fn check_all_invariants(&self) -> Result<(), InvariantViolation> {
         for (id, b) in &self.buckets {
-            b.check_ql1(id)?;
+            b.check(id)?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for e in &self.ledger {

@@ -1,7 +1,7 @@
 //! The usage ledger: one apply per batch checks the dedup index, appends each new record with the
 //! next sequence number and settles it into every bucket it falls under (LG-1, QL-1).
 
-use crate::lease::{Bucket, bucket_period};
+use crate::lease::{Kind, bucket_period, kind};
 use crate::outcome::{Outcome, UsageAck};
 use crate::state::{State, Touched};
 use serde::{Deserialize, Serialize};
@@ -55,21 +55,22 @@ impl State {
         records: &[UsageRecord],
         touched: &mut Touched,
     ) -> Result<Outcome, ApiError> {
-        if records.len() > USAGE_BATCH_MAX {
-            return Err(ApiError::invalid(
-                "records",
-                format!("at most {USAGE_BATCH_MAX} usage records per batch"),
-            ));
-        }
+        check_batch(records)?;
         self.release_expired(touched);
         let acks = records
             .iter()
-            .map(|r| self.record_one(r, touched))
+            .map(|r| self.record_one(r, &r.gateway, touched))
             .collect();
         Ok(Outcome::Usage { acks })
     }
 
-    fn record_one(&mut self, r: &UsageRecord, touched: &mut Touched) -> UsageAck {
+    /// Appends a record (deduplicated by request id) and settles it, drawing on `holder`'s leases.
+    pub(crate) fn record_one(
+        &mut self,
+        r: &UsageRecord,
+        holder: &str,
+        touched: &mut Touched,
+    ) -> UsageAck {
         match self.usage_index.get(&r.request_id) {
             Some(UsageIndex::InLedger { seq }) => {
                 let same = self
@@ -106,7 +107,7 @@ impl State {
         });
         self.usage_index
             .insert(r.request_id.clone(), UsageIndex::InLedger { seq });
-        self.settle_record(r, touched);
+        self.settle_record(r, holder, touched);
         UsageAck::Accepted { seq }
     }
 
@@ -123,49 +124,32 @@ impl State {
         }
     }
 
-    /// Settles a record into every bucket it falls under, drawing first on the gateway's lease.
-    fn settle_record(&mut self, r: &UsageRecord, touched: &mut Touched) {
+    /// Settles a record into every budget bucket it falls under, drawing first on the holder's
+    /// lease. Rate tokens were withdrawn when granted and concurrency slots come back by
+    /// returns, so neither settles here.
+    fn settle_record(&mut self, r: &UsageRecord, holder: &str, touched: &mut Touched) {
         let now = self.clock_ms;
         let applicable: Vec<(tollgate_types::limits::LimitKey, u64, u64)> = self
             .limits
             .values()
-            .filter(|l| applies_to(l, r))
+            .filter(|l| kind(l.dimension) == Kind::Volume && applies_to(l, r))
             .filter_map(|l| usage_amount(l.dimension, r).map(|a| (l.key(), l.limit, a)))
             .collect();
         for (key, limit, amount) in applicable {
             let bucket_id = (key.clone(), bucket_period(key.dimension, now));
-            let from_lease = self.draw_from_lease(&r.gateway, &bucket_id, amount);
-            let bucket = self
-                .buckets
-                .entry(bucket_id.clone())
-                .or_insert_with(|| Bucket {
-                    limit,
-                    ..Default::default()
-                });
-            bucket.held = bucket.held.saturating_sub(from_lease);
-            bucket.settle(amount);
+            self.settle_into(holder, bucket_id.clone(), limit, amount);
             touched.buckets.push(bucket_id);
         }
     }
+}
 
-    fn draw_from_lease(
-        &mut self,
-        gateway: &str,
-        bucket_id: &crate::lease::BucketId,
-        amount: u64,
-    ) -> u64 {
-        let Some(id) = self
-            .leases
-            .by_holder
-            .get(&(gateway.to_owned(), bucket_id.clone()))
-        else {
-            return 0;
-        };
-        let Some(lease) = self.leases.by_id.get_mut(id) else {
-            return 0;
-        };
-        let take = amount.min(lease.remaining());
-        lease.settled += take;
-        take
+/// Refuses oversized batches.
+pub(crate) fn check_batch(records: &[UsageRecord]) -> Result<(), ApiError> {
+    if records.len() > USAGE_BATCH_MAX {
+        return Err(ApiError::invalid(
+            "usage",
+            format!("at most {USAGE_BATCH_MAX} usage records per batch"),
+        ));
     }
+    Ok(())
 }

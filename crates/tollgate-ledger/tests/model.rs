@@ -5,9 +5,10 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use tollgate_ledger::lease::{Return, Want, bucket_period};
+use tollgate_ledger::lease::bucket_period;
 use tollgate_ledger::{Actor, Command, Outcome, Request, State, UsageAck};
 use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, KeyStatus, Org, OrgStatus, Project};
+use tollgate_types::lease::{Return, Want};
 use tollgate_types::limits::{Dimension, FailPolicy, Limit, LimitKey, Period, Scope};
 use tollgate_types::secret::{ClusterSecret, Role};
 use tollgate_types::usage::{UsageRecord, UsageStatus};
@@ -89,14 +90,25 @@ impl Fixture {
     }
 }
 
-fn budget_key() -> LimitKey {
+fn key(dimension: Dimension) -> LimitKey {
     LimitKey {
         scope: Scope::Org { org: id("acme") },
         model: None,
-        dimension: Dimension::TokenBudget {
-            period: Period::Total,
-        },
+        dimension,
     }
+}
+
+/// The three kinds of bucket the lease steps exercise.
+const DIMS: [Dimension; 3] = [
+    Dimension::TokenBudget {
+        period: Period::Total,
+    },
+    Dimension::RequestsPerMinute,
+    Dimension::ConcurrentRequests,
+];
+
+fn budget_key() -> LimitKey {
+    key(DIMS[0])
 }
 
 fn record(rid: u8, tokens: u64, gateway: u8) -> UsageRecord {
@@ -115,76 +127,137 @@ fn record(rid: u8, tokens: u64, gateway: u8) -> UsageRecord {
         started_at_ms: 0,
         ended_at_ms: 0,
         estimated: false,
+        unbacked: false,
     }
 }
 
 #[derive(Debug, Clone)]
 enum Step {
-    Acquire { gateway: u8, want: u64 },
-    Return { lease: u8, unused: u64, gateway: u8 },
-    Usage { rid: u8, tokens: u64, gateway: u8 },
-    SetLimit { limit: u64 },
-    Advance { ms: u64 },
+    Acquire {
+        gateway: u8,
+        dim: usize,
+        want: u64,
+        overrun: u64,
+    },
+    Return {
+        lease: u8,
+        unused: u64,
+        gateway: u8,
+    },
+    /// Usage shipped in an `Acquire` (drawing on that holder's leases) or alone.
+    Usage {
+        rid: u8,
+        tokens: u64,
+        gateway: u8,
+        in_acquire: bool,
+    },
+    SetLimit {
+        dim: usize,
+        limit: u64,
+        reserve: u64,
+    },
+    Advance {
+        ms: u64,
+    },
     RetryLast,
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0u8..3, 0u64..400).prop_map(|(gateway, want)| Step::Acquire { gateway, want }),
-        (1u8..6, 0u64..200, 0u8..3).prop_map(|(lease, unused, gateway)| Step::Return {
+        4 => (0u8..3, 0usize..3, 0u64..400, 0u64..3).prop_map(|(gateway, dim, want, overrun)| {
+            Step::Acquire { gateway, dim, want, overrun }
+        }),
+        2 => (1u8..8, 0u64..200, 0u8..3).prop_map(|(lease, unused, gateway)| Step::Return {
             lease,
             unused,
             gateway
         }),
-        (0u8..40, 0u64..300, 0u8..3).prop_map(|(rid, tokens, gateway)| Step::Usage {
-            rid,
-            tokens,
-            gateway
+        3 => (0u8..40, 0u64..300, 0u8..3, any::<bool>()).prop_map(|(rid, tokens, gateway, in_acquire)| {
+            Step::Usage { rid, tokens, gateway, in_acquire }
         }),
-        (0u64..3000).prop_map(|limit| Step::SetLimit { limit }),
-        (0u64..60_000).prop_map(|ms| Step::Advance { ms }),
-        Just(Step::RetryLast),
+        1 => (0usize..3, 0u64..3000, 0u64..50).prop_map(|(dim, limit, reserve)| Step::SetLimit {
+            dim,
+            limit,
+            reserve
+        }),
+        2 => prop_oneof![0u64..20_000, 600_000u64..2_000_000].prop_map(|ms| Step::Advance { ms }),
+        1 => Just(Step::RetryLast),
     ]
 }
 
+fn limit(dim: usize, limit: u64, reserve: u64) -> Limit {
+    Limit {
+        scope: Scope::Org { org: id("acme") },
+        model: None,
+        dimension: DIMS[dim],
+        limit,
+        burst: 0,
+        fail_policy: match reserve {
+            0 => FailPolicy::Strict,
+            r => FailPolicy::Reserve {
+                per_gateway: r.min(limit),
+            },
+        },
+        shadow: false,
+    }
+}
+
 fn command_for(s: &Step) -> Option<Command> {
+    let gw = |g: &u8| format!("gw{g}");
     Some(match s {
-        Step::Acquire { gateway, want } => Command::Acquire {
-            gateway: format!("gw{gateway}"),
+        Step::Acquire {
+            gateway,
+            dim,
+            want,
+            overrun,
+        } => Command::Acquire {
+            gateway: gw(gateway),
             wants: vec![Want {
-                limit: budget_key(),
-                amount: *want,
+                limit: key(DIMS[*dim]),
+                want: *want,
+                unit: 10,
+                overrun: *overrun,
             }],
             returns: vec![],
+            usage: vec![],
         },
         Step::Return {
             lease,
             unused,
             gateway,
         } => Command::Acquire {
-            gateway: format!("gw{gateway}"),
+            gateway: gw(gateway),
             wants: vec![],
             returns: vec![Return {
                 lease_id: u64::from(*lease),
                 unused: *unused,
             }],
+            usage: vec![],
         },
         Step::Usage {
             rid,
             tokens,
             gateway,
+            in_acquire: true,
+        } => Command::Acquire {
+            gateway: gw(gateway),
+            wants: vec![],
+            returns: vec![],
+            usage: vec![record(*rid, *tokens, *gateway)],
+        },
+        Step::Usage {
+            rid,
+            tokens,
+            gateway,
+            in_acquire: false,
         } => Command::RecordUsage {
             records: vec![record(*rid, *tokens, *gateway)],
         },
-        Step::SetLimit { limit } => Command::PutLimit(Limit {
-            scope: budget_key().scope,
-            model: None,
-            dimension: budget_key().dimension,
-            limit: *limit,
-            burst: 0,
-            fail_policy: FailPolicy::Strict,
-            shadow: false,
-        }),
+        Step::SetLimit {
+            dim,
+            limit: l,
+            reserve,
+        } => Command::PutLimit(limit(*dim, *l, *reserve)),
         Step::Advance { .. } | Step::RetryLast => return None,
     })
 }
@@ -192,18 +265,55 @@ fn command_for(s: &Step) -> Option<Command> {
 /// What a retry of a request returns: the same outcome, except that usage records are
 /// deduplicated per record (an accepted record comes back as a duplicate with the same seq).
 fn retry_outcome(first: &Outcome) -> Outcome {
+    let dup = |acks: &[UsageAck]| -> Vec<UsageAck> {
+        acks.iter()
+            .map(|a| match a {
+                UsageAck::Accepted { seq } => UsageAck::Duplicate { seq: *seq },
+                other => other.clone(),
+            })
+            .collect()
+    };
     match first {
-        Outcome::Usage { acks } => Outcome::Usage {
-            acks: acks
-                .iter()
-                .map(|a| match a {
-                    UsageAck::Accepted { seq } => UsageAck::Duplicate { seq: *seq },
-                    other => other.clone(),
-                })
-                .collect(),
-        },
+        Outcome::Usage { acks } => Outcome::Usage { acks: dup(acks) },
         other => other.clone(),
     }
+}
+
+/// The ack a usage step got, wherever it travelled.
+fn usage_ack(out: &Outcome) -> Option<&UsageAck> {
+    match out {
+        Outcome::Usage { acks } | Outcome::Leases { acks, .. } => acks.first(),
+        _ => None,
+    }
+}
+
+/// I8 (no leaked holds): every bucket's hold is exactly what its live leases still hold.
+fn holds_match_leases(s: &State) -> Result<(), String> {
+    for (bid, b) in &s.buckets {
+        let leased: u64 = s
+            .leases
+            .by_id
+            .values()
+            .filter(|l| &l.bucket == bid)
+            .map(|l| l.remaining())
+            .sum();
+        if leased != b.held {
+            return Err(format!(
+                "bucket {bid:?}: held {} but leases hold {leased}",
+                b.held
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The rate bound at the store: everything withdrawn from a rate bucket since it was created
+/// is at most its depth plus the refill, plus what came back by returns.
+#[derive(Default)]
+struct RateBook {
+    created_at: Option<u64>,
+    withdrawn: u64,
+    returned: u64,
 }
 
 proptest! {
@@ -212,9 +322,12 @@ proptest! {
     #[test]
     fn invariants_hold_and_match_the_model(steps in proptest::collection::vec(step(), 1..120)) {
         let mut f = Fixture::new();
-        f.run(command_for(&Step::SetLimit { limit: 1000 }).expect("command"));
+        f.run(Command::PutLimit(limit(0, 1000, 0)));
+        f.run(Command::PutLimit(limit(1, 600, 0)));
+        f.run(Command::PutLimit(limit(2, 4, 0)));
         // the reference model: first accepted body per request id
         let mut accepted: BTreeMap<String, (u64, u8)> = BTreeMap::new();
+        let mut rate = RateBook::default();
         let mut last: Option<(Request, Outcome)> = None;
         for s in &steps {
             match s {
@@ -226,23 +339,43 @@ proptest! {
                     }
                     continue;
                 }
+                // the rate book cannot follow depth changes; keep the rate limit fixed
+                Step::SetLimit { dim: 1, .. } => continue,
                 _ => {}
             }
             let cmd = command_for(s).expect("command step");
             let req = f.request(cmd);
+            let rate_before = f.state.buckets.get(&(key(DIMS[1]), 0)).map(|b| b.held);
             let out = f.state.apply(&req).expect("no invariant violation");
-            if let (Step::Usage { rid, tokens, gateway }, Outcome::Usage { acks }) = (s, &out) {
+            if let Step::Usage { rid, tokens, gateway, .. } = s
+                && let Some(ack) = usage_ack(&out)
+            {
                 let body = (*tokens, *gateway);
                 let rid = format!("r{rid}");
-                match (&acks[0], accepted.get(&rid)) {
+                match (ack, accepted.get(&rid)) {
                     (UsageAck::Accepted { .. }, None) => { accepted.insert(rid, body); }
                     (UsageAck::Duplicate { .. }, Some(b)) => prop_assert_eq!(b, &body),
                     (UsageAck::Conflict { .. }, Some(b)) => prop_assert_ne!(b, &body),
                     (ack, prev) => prop_assert!(false, "ack {:?} with model {:?}", ack, prev),
                 }
             }
+            if let (Step::Acquire { dim: 1, .. }, Outcome::Leases { grants, .. }) = (s, &out) {
+                rate.created_at.get_or_insert(f.ts);
+                rate.withdrawn += grants.iter().map(|g| g.granted).sum::<u64>();
+                let held_after = f.state.buckets.get(&(key(DIMS[1]), 0)).map_or(0, |b| b.held);
+                rate.withdrawn += held_after.saturating_sub(rate_before.unwrap_or(0));
+            }
+            if let (Step::Return { .. }, Some(before)) = (s, rate_before) {
+                let after = f.state.buckets.get(&(key(DIMS[1]), 0)).map_or(0, |b| b.held);
+                rate.returned += before.saturating_sub(after);
+            }
+            if let Some(t0) = rate.created_at {
+                let bound = 600 + 600 * (f.ts - t0) / 60_000 + rate.returned;
+                prop_assert!(rate.withdrawn <= bound, "rate: withdrew {} > bound {}", rate.withdrawn, bound);
+            }
             last = Some((req, out));
             prop_assert!(f.state.check_all_invariants().is_ok(), "{:?}", f.state.check_all_invariants());
+            prop_assert!(holds_match_leases(&f.state).is_ok(), "{:?}", holds_match_leases(&f.state));
         }
         // LG-1 and exactness: the ledger is exactly the accepted records
         let ledger_total: u64 = f.state.ledger.iter().map(|e| e.record.total_tokens()).sum();
@@ -250,6 +383,13 @@ proptest! {
         prop_assert_eq!(f.state.ledger.len(), accepted.len());
         let bucket = f.state.buckets.get(&(budget_key(), bucket_period(budget_key().dimension, f.ts)));
         prop_assert_eq!(bucket.map_or(0, |b| b.settled), ledger_total);
+        // dead gateways: once every lease is past its release time, nothing is held any more
+        f.ts += 2_000_000;
+        f.run(Command::Acquire { gateway: "gw9".into(), wants: vec![], returns: vec![], usage: vec![] });
+        prop_assert!(f.state.leases.by_id.is_empty());
+        for b in f.state.buckets.values() {
+            prop_assert_eq!(b.held, 0);
+        }
     }
 
     #[test]
@@ -274,38 +414,38 @@ proptest! {
     }
 }
 
+fn grants(out: Outcome) -> Vec<tollgate_types::lease::Grant> {
+    match out {
+        Outcome::Leases { grants, .. } => grants,
+        other => panic!("expected grants, got {other:?}"),
+    }
+}
+
+fn acquire(gateway: u8, dim: usize, want: u64) -> Command {
+    command_for(&Step::Acquire {
+        gateway,
+        dim,
+        want,
+        overrun: 0,
+    })
+    .expect("command")
+}
+
 #[test]
 fn holds_never_exceed_the_limit_and_debt_records_overuse() {
     let mut f = Fixture::new();
-    f.run(command_for(&Step::SetLimit { limit: 100 }).expect("command"));
-    let out = f.run(
-        command_for(&Step::Acquire {
-            gateway: 0,
-            want: 80,
-        })
-        .expect("command"),
-    );
-    let Outcome::Leases { grants } = out else {
-        panic!("expected grants, got {out:?}")
-    };
-    assert_eq!(grants[0].amount, 80);
-    let out = f.run(
-        command_for(&Step::Acquire {
-            gateway: 1,
-            want: 80,
-        })
-        .expect("command"),
-    );
-    let Outcome::Leases { grants } = out else {
-        panic!("expected grants, got {out:?}")
-    };
-    assert_eq!(grants[0].amount, 20, "only what is left is granted");
+    f.run(Command::PutLimit(limit(0, 100, 0)));
+    assert_eq!(grants(f.run(acquire(0, 0, 80)))[0].granted, 80);
+    let g = grants(f.run(acquire(1, 0, 80)));
+    assert_eq!(g[0].granted, 20, "only what is left is granted");
+    assert_eq!(g[0].available, 0);
     // gw0 uses 90 on an 80 lease: 10 over, recorded as debt
     f.run(
         command_for(&Step::Usage {
             rid: 1,
             tokens: 90,
             gateway: 0,
+            in_acquire: true,
         })
         .expect("command"),
     );
@@ -314,6 +454,63 @@ fn holds_never_exceed_the_limit_and_debt_records_overuse() {
     f.state
         .check_all_invariants()
         .expect("QL-1 holds with debt");
+}
+
+#[test]
+fn water_filling_serves_small_wants_first_and_never_shrinks_a_lease() {
+    let mut f = Fixture::new();
+    f.run(Command::PutLimit(limit(0, 1000, 0)));
+    // three gateways want 900, 50, 50: the busy one cannot starve the others
+    f.run(acquire(1, 0, 0));
+    f.run(acquire(2, 0, 0));
+    let busy = grants(f.run(acquire(0, 0, 900)));
+    assert_eq!(busy[0].granted, 900, "the others want nothing yet");
+    assert_eq!(grants(f.run(acquire(1, 0, 50)))[0].granted, 50);
+    assert_eq!(grants(f.run(acquire(2, 0, 50)))[0].granted, 50);
+    // the bucket is spent; gw0's lease is still 900 (never shrunk), a new want gets nothing
+    assert_eq!(grants(f.run(acquire(0, 0, 100)))[0].granted, 0);
+    let lease = f.state.leases.by_id.get(&busy[0].lease_id).expect("lease");
+    assert_eq!(lease.remaining(), 900);
+}
+
+#[test]
+fn nearly_exhausted_budgets_switch_to_pass_through() {
+    let mut f = Fixture::new();
+    f.run(Command::PutLimit(limit(0, 100, 0)));
+    // unit 10, one active gateway: below 4 x 10 left, grants are exact
+    assert_eq!(
+        grants(f.run(acquire(0, 0, 50)))[0].mode,
+        tollgate_types::lease::LeaseMode::Lease
+    );
+    let g = grants(f.run(acquire(0, 0, 20)));
+    assert_eq!(g[0].mode, tollgate_types::lease::LeaseMode::PassThrough);
+}
+
+#[test]
+fn rate_buckets_refill_with_store_time_and_reserves_are_held() {
+    let mut f = Fixture::new();
+    f.run(Command::PutLimit(limit(1, 600, 0)));
+    let g = grants(f.run(acquire(0, 1, 1000)));
+    assert_eq!(g[0].granted, 600, "a new bucket starts full");
+    assert_eq!(grants(f.run(acquire(0, 1, 1000)))[0].granted, 0);
+    f.ts += 1_000;
+    assert_eq!(
+        grants(f.run(acquire(0, 1, 1000)))[0].granted,
+        10,
+        "600/min = 10/s"
+    );
+    // fail policy reserve: held once per lease, counted in the bucket
+    f.run(Command::PutLimit(limit(0, 100, 30)));
+    let g = grants(f.run(acquire(0, 0, 10)));
+    assert_eq!((g[0].granted, g[0].reserve), (10, 30));
+    let g = grants(f.run(acquire(0, 0, 10)));
+    assert_eq!(
+        (g[0].granted, g[0].reserve),
+        (10, 30),
+        "the reserve is granted once"
+    );
+    let b = f.state.buckets.get(&(budget_key(), 0)).expect("bucket");
+    assert_eq!(b.held, 50);
 }
 
 #[test]
@@ -398,30 +595,27 @@ fn refusals_are_not_remembered_and_repeats_answer_only_authorized_callers() {
 }
 
 #[test]
-fn past_minute_buckets_without_holds_are_pruned() {
+fn past_period_buckets_without_holds_are_pruned() {
     let mut f = Fixture::new();
-    let rpm = Limit {
-        scope: Scope::Org { org: id("acme") },
-        model: None,
-        dimension: Dimension::RequestsPerMinute,
-        limit: 600,
-        burst: 0,
-        fail_policy: FailPolicy::Strict,
-        shadow: false,
+    let daily = Limit {
+        dimension: Dimension::TokenBudget {
+            period: Period::Day,
+        },
+        ..limit(0, 1000, 0)
     };
-    f.run(Command::PutLimit(rpm));
+    f.run(Command::PutLimit(daily));
     f.run(Command::RecordUsage {
         records: vec![record(1, 10, 0)],
     });
     let minutes = |s: &State| s.buckets.keys().map(|(_, p)| *p).collect::<Vec<_>>();
     let first = minutes(&f.state);
     assert_eq!(first.len(), 1);
-    f.ts += 120_000;
+    f.ts += 2 * 86_400_000;
     f.run(Command::RecordUsage {
         records: vec![record(2, 10, 0)],
     });
     let later = minutes(&f.state);
-    assert_eq!(later.len(), 1, "the old minute's bucket is gone: {later:?}");
+    assert_eq!(later.len(), 1, "the old day's bucket is gone: {later:?}");
     assert_ne!(later, first);
     assert_eq!(f.state.ledger.len(), 2, "the ledger keeps the history");
 }

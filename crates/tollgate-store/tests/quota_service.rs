@@ -7,13 +7,13 @@ use futures::StreamExt;
 use std::collections::BTreeMap;
 use tollgate_client::StoreClient;
 use tollgate_ledger::UsageAck;
-use tollgate_ledger::lease::Grant;
 use tollgate_proto::quota::{
     AcquireRequest, RecordUsageRequest, WatchConfigRequest, quota_client::QuotaClient,
 };
 use tollgate_store::node::{StoreConfig, StoreNode};
 use tollgate_types::admin::AdminOp;
 use tollgate_types::config::{GatewayConfig, Org, OrgStatus, Project};
+use tollgate_types::lease::AcquireResult;
 use tollgate_types::limits::{Dimension, FailPolicy, Limit, Period, Scope};
 use tollgate_types::secret;
 use tollgate_types::usage::{UsageRecord, UsageStatus};
@@ -43,6 +43,7 @@ fn record(key: &str, rid: &str, tokens: u64) -> UsageRecord {
         started_at_ms: 0,
         ended_at_ms: 0,
         estimated: false,
+        unbacked: false,
     }
 }
 
@@ -207,13 +208,13 @@ async fn watch_usage_and_leases_over_grpc() {
     assert_eq!(cfg2.orgs[0].name, "Acme 2");
 
     // leases: never more than the limit across gateways
-    let want = serde_json::json!({"wants": [{"limit": budget.key(), "amount": 700}]});
+    let want = serde_json::json!({"wants": [{"limit": budget.key(), "want": 700}]});
     let acquire = |gw: &str| AcquireRequest {
         gateway_id: gw.into(),
         request_id: format!("acq-{gw}"),
         body_json: want.to_string().into_bytes(),
     };
-    let g1: Vec<Grant> = serde_json::from_slice(
+    let g1: AcquireResult = serde_json::from_slice(
         &q.acquire(with_token(acquire("gw1"), &token))
             .await
             .expect("acquire")
@@ -221,7 +222,7 @@ async fn watch_usage_and_leases_over_grpc() {
             .result_json,
     )
     .expect("json");
-    let g2: Vec<Grant> = serde_json::from_slice(
+    let g2: AcquireResult = serde_json::from_slice(
         &q.acquire(with_token(acquire("gw2"), &token))
             .await
             .expect("acquire")
@@ -229,7 +230,7 @@ async fn watch_usage_and_leases_over_grpc() {
             .result_json,
     )
     .expect("json");
-    assert_eq!((g1[0].amount, g2[0].amount), (700, 300));
+    assert_eq!((g1.grants[0].granted, g2.grants[0].granted), (700, 300));
 
     // usage: exactly once per request id, conflicts reported, bodies of failed ids stay failed
     let ship = |rid: &str, recs: Vec<UsageRecord>| RecordUsageRequest {

@@ -10,6 +10,7 @@ pub mod amount;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod lease;
 pub mod limits;
 pub mod secret;
 pub mod usage;

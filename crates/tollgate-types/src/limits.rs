@@ -164,6 +164,31 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 const MS_PER_DAY: u64 = 86_400_000;
 
+/// (year, month, day) to days since 1970-01-01, the inverse of [`civil_from_days`].
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Store time (ms) at which the period containing `ts_ms` ends; `None` for `Total`.
+pub fn period_end_ms(period: Period, ts_ms: u64) -> Option<u64> {
+    let days = ts_ms / MS_PER_DAY;
+    match period {
+        Period::Day => Some((days + 1) * MS_PER_DAY),
+        Period::Month => {
+            let (y, m, _) = civil_from_days(days as i64);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            Some(days_from_civil(ny, nm, 1).max(0) as u64 * MS_PER_DAY)
+        }
+        Period::Total => None,
+    }
+}
+
 /// A stable index of the period that contains `ts_ms`: days since epoch, months since epoch, or 0.
 pub fn period_index(period: Period, ts_ms: u64) -> u64 {
     let days = ts_ms / MS_PER_DAY;
@@ -191,6 +216,19 @@ mod tests {
         assert_eq!(period_index(Period::Month, ts), (2026 - 1970) * 12 + 10);
         assert_eq!(period_index(Period::Day, ts), 20_784);
         assert_eq!(period_index(Period::Total, ts), 0);
+        assert_eq!(days_from_civil(2026, 11, 27), 20_784);
+        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
+        assert_eq!(
+            period_end_ms(Period::Month, ts),
+            Some(days_from_civil(2026, 12, 1) as u64 * MS_PER_DAY)
+        );
+        assert_eq!(period_end_ms(Period::Day, ts), Some(20_785 * MS_PER_DAY));
+        let dec = days_from_civil(2026, 12, 31) as u64 * MS_PER_DAY;
+        assert_eq!(
+            period_end_ms(Period::Month, dec),
+            Some(days_from_civil(2027, 1, 1) as u64 * MS_PER_DAY)
+        );
+        assert_eq!(period_end_ms(Period::Total, ts), None);
     }
 
     #[test]

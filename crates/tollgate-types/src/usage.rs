@@ -35,6 +35,22 @@ pub struct UsageRecord {
     /// Token counts were estimated by the gateway rather than reported by the upstream.
     #[serde(default)]
     pub estimated: bool,
+    /// Admitted without a lease (fail policy `open` while the store was unreachable).
+    #[serde(default)]
+    pub unbacked: bool,
+}
+
+/// Per usage record result, stable per request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageAck {
+    /// Appended to the ledger at this sequence number.
+    Accepted { seq: u64 },
+    /// Already in the ledger with the same body; nothing changed.
+    Duplicate { seq: u64 },
+    /// The id is already in the ledger with a different body; nothing changed. Reported.
+    Conflict { seq: u64 },
+    /// Rejected for good (e.g. unknown org); a retry gets the same rejection.
+    Rejected { reason: String },
 }
 
 impl UsageRecord {

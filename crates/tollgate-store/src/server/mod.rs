@@ -76,9 +76,22 @@ impl NodeCtx {
         actor: Actor,
         command: Command,
     ) -> Result<(Outcome, u64), Status> {
+        self.write_stamped(id, actor, command)
+            .await
+            .map(|(o, index, _)| (o, index))
+    }
+
+    /// `write`, also returning the store time the entry was stamped with.
+    pub async fn write_stamped(
+        &self,
+        id: String,
+        actor: Actor,
+        command: Command,
+    ) -> Result<(Outcome, u64, u64), Status> {
+        let ts_ms = self.stamp();
         let req = Request {
             id,
-            ts_ms: self.stamp(),
+            ts_ms,
             actor,
             command,
         };
@@ -92,7 +105,7 @@ impl NodeCtx {
                 ))
             })?;
         match res {
-            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Ok(resp) => Ok((resp.data, resp.log_id.index, ts_ms)),
             Err(e) if e.forward_to_leader().is_some() => Err(self.not_leader_status()),
             Err(e) => Err(api_status(ApiError::new(
                 ErrorCode::StoreUnavailable,

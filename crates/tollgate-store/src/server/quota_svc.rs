@@ -7,11 +7,11 @@ use super::auth::{admin_actor, authorize_read};
 use super::errors::{api_status, bad_json, not_leader};
 use futures::Stream;
 use std::pin::Pin;
-use tollgate_ledger::lease::{Return, Want};
 use tollgate_ledger::{Actor, Command, Outcome};
 use tollgate_proto::quota::*;
 use tollgate_types::config::GatewayConfig;
 use tollgate_types::error::{ApiError, ErrorCode};
+use tollgate_types::lease::{AcquireBody, AcquireResult};
 use tollgate_types::secret::Role;
 use tollgate_types::usage::UsageRecord;
 use tonic::{Request, Response, Status};
@@ -74,12 +74,15 @@ impl QuotaService {
     }
 }
 
-fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, Status> {
+fn outcome_json(outcome: Outcome, store_ts_ms: u64) -> Result<Vec<u8>, Status> {
     match outcome {
         Outcome::Error(e) => Err(api_status(e)),
-        Outcome::Leases { grants } => {
-            serde_json::to_vec(&grants).map_err(|e| Status::internal(e.to_string()))
-        }
+        Outcome::Leases { grants, acks } => serde_json::to_vec(&AcquireResult {
+            store_ts_ms,
+            grants,
+            acks,
+        })
+        .map_err(|e| Status::internal(e.to_string())),
         Outcome::Usage { acks } => {
             serde_json::to_vec(&acks).map_err(|e| Status::internal(e.to_string()))
         }
@@ -88,15 +91,6 @@ fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, Status> {
             format!("unexpected outcome {other:?}"),
         ))),
     }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AcquireBody {
-    #[serde(default)]
-    wants: Vec<Want>,
-    #[serde(default)]
-    returns: Vec<Return>,
 }
 
 type ConfigStream = Pin<Box<dyn Stream<Item = Result<ConfigSnapshot, Status>> + Send>>;
@@ -151,10 +145,11 @@ impl quota_server::Quota for QuotaService {
             gateway: body.gateway_id,
             wants: parsed.wants,
             returns: parsed.returns,
+            usage: parsed.usage,
         };
-        let (outcome, _) = self.ctx.write(body.request_id, actor, cmd).await?;
+        let (outcome, _, ts) = self.ctx.write_stamped(body.request_id, actor, cmd).await?;
         Ok(Response::new(AcquireResponse {
-            result_json: outcome_json(outcome)?,
+            result_json: outcome_json(outcome, ts)?,
         }))
     }
 
@@ -167,12 +162,12 @@ impl quota_server::Quota for QuotaService {
         let actor = self.gateway_actor(&body.gateway_id)?;
         let records: Vec<UsageRecord> =
             serde_json::from_slice(&body.records_json).map_err(|e| bad_json("records", &e))?;
-        let (outcome, _) = self
+        let (outcome, _, ts) = self
             .ctx
-            .write(body.request_id, actor, Command::RecordUsage { records })
+            .write_stamped(body.request_id, actor, Command::RecordUsage { records })
             .await?;
         Ok(Response::new(RecordUsageResponse {
-            acks_json: outcome_json(outcome)?,
+            acks_json: outcome_json(outcome, ts)?,
         }))
     }
 }
