@@ -76,6 +76,7 @@ fn records(key: &str, run: &str, c: usize, seq: u64, batch: usize) -> anyhow::Re
                 started_at_ms: 0,
                 ended_at_ms: 0,
                 estimated: false,
+                unbacked: false,
             })
         })
         .collect();

@@ -4,7 +4,7 @@
 
 use crate::body::{Body, json};
 use hyper::Response;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use std::time::Duration;
 use tollgate_types::{ApiError, ErrorCode};
 
@@ -13,6 +13,8 @@ pub struct GwError {
     pub api: ApiError,
     /// Sent as `retry-after` / `retry-after-ms`.
     pub retry_after: Option<Duration>,
+    /// Extra response headers (`x-ratelimit-*` on a 429).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl From<ApiError> for GwError {
@@ -20,6 +22,7 @@ impl From<ApiError> for GwError {
         GwError {
             api,
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -44,6 +47,11 @@ impl GwError {
         self
     }
 
+    pub fn with_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> GwError {
+        self.headers = headers;
+        self
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.api.code
     }
@@ -64,6 +72,9 @@ impl GwError {
             .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = json(status, &self.body_json());
         let h = r.headers_mut();
+        for (k, v) in self.headers {
+            h.insert(k, v);
+        }
         if let Some(d) = self.retry_after {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {

@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod phases;
 pub mod pipeline;
+pub mod quota;
 pub mod router;
 pub mod server;
 pub mod settings;
@@ -17,8 +18,8 @@ pub mod upstream;
 pub mod watch;
 
 use arc_swap::ArcSwapOption;
-use phases::admit::{Admission, Unmetered};
-use phases::settle::{LogSettler, Settler};
+use phases::settle::Settler;
+use quota::Quota;
 pub use settings::Settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ pub struct Gw {
     pub snapshot: ArcSwapOption<snapshot::Snapshot>,
     pub router: Arc<router::Router>,
     pub client: upstream::UpstreamClient,
-    pub admission: Arc<dyn Admission>,
+    pub quota: Arc<Quota>,
     pub settler: Arc<dyn Settler>,
     pub idempotency: idempotency::Idempotency,
     pub metrics: Arc<metrics::Metrics>,
@@ -63,15 +64,16 @@ pub enum StartError {
     NoStore,
 }
 
-/// Starts a gateway that admits everything ([`Unmetered`]) and logs usage ([`LogSettler`]).
+/// Starts a gateway: admission on leases from the store, usage records shipped with each
+/// lease refresh.
 pub async fn start(settings: Settings) -> Result<GatewayHandle, StartError> {
-    start_with(settings, Arc::new(Unmetered), Arc::new(LogSettler)).await
+    start_with(settings, None).await
 }
 
+/// `start`, with another usage-record sink than the store (tests).
 pub async fn start_with(
     settings: Settings,
-    admission: Arc<dyn Admission>,
-    settler: Arc<dyn Settler>,
+    settler: Option<Arc<dyn Settler>>,
 ) -> Result<GatewayHandle, StartError> {
     if settings.store.is_empty() {
         return Err(StartError::NoStore);
@@ -91,6 +93,14 @@ pub async fn start_with(
         addr: settings.listen,
         source,
     })?;
+    let quota = Arc::new(Quota::new(settings.quota.clone()));
+    let settler = settler.unwrap_or_else(|| quota.shipper.clone());
+    let holder = format!("{}:{}", settings.gateway_id, incarnation());
+    let rpc = quota::rpc::StoreRpc::new(
+        settings.store.clone(),
+        settings.store_token.clone(),
+        holder.clone(),
+    );
     let gw = Arc::new(Gw {
         router: router::Router::new(settings.routing.clone()),
         client: upstream::UpstreamClient::new(settings.timeouts.connect),
@@ -100,7 +110,7 @@ pub async fn start_with(
         ),
         settings,
         snapshot: ArcSwapOption::empty(),
-        admission,
+        quota,
         settler,
         metrics: Arc::new(metrics::Metrics::default()),
     });
@@ -108,19 +118,26 @@ pub async fn start_with(
     let tasks = vec![
         tokio::spawn(server::serve(gw.clone(), listener, tls, stop_rx.clone())),
         tokio::spawn(watch::run(gw.clone(), stop_rx.clone())),
+        tokio::spawn(quota::refresh::run(gw.quota.clone(), rpc, stop_rx.clone())),
         tokio::spawn(router::probe::run(
             gw.router.clone(),
             gw.client.clone(),
             stop_rx,
         )),
     ];
-    tracing::info!(%addr, gateway = %gw.settings.gateway_id, "gateway listening");
+    tracing::info!(%addr, gateway = %gw.settings.gateway_id, %holder, "gateway listening");
     Ok(GatewayHandle {
         addr,
         gw,
         stop,
         tasks,
     })
+}
+
+/// A fresh identity per process start: leases of a previous run of the same gateway id are
+/// never mistaken for this one's (they lapse and are released by the store).
+fn incarnation() -> String {
+    format!("{:08x}", rand::random::<u32>())
 }
 
 impl GatewayHandle {

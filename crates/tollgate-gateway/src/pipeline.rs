@@ -104,6 +104,7 @@ async fn dispatch(
         ),
         (&Method::GET, "/readyz") => (RouteLabel::Ops, Ok(readyz(gw))),
         (&Method::GET, "/metrics") => (RouteLabel::Ops, Ok(metrics(gw))),
+        (&Method::GET, "/admin/quota") => (RouteLabel::Ops, quota_status(gw, &req)),
         (&Method::GET, "/v1/models") => (RouteLabel::Models, models(gw, &req, None, out)),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             let id = p["/v1/models/".len()..].to_owned();
@@ -142,7 +143,7 @@ fn readyz(gw: &Gw) -> Response<Body> {
         "ready": snap.is_some(),
         "config_version": snap.as_ref().map(|s| s.version),
         "store_connected": connected,
-        "admission": gw.admission.mode(),
+        "admission": gw.quota.mode(),
     });
     let status = if snap.is_some() {
         StatusCode::OK
@@ -153,15 +154,33 @@ fn readyz(gw: &Gw) -> Response<Body> {
 }
 
 fn metrics(gw: &Gw) -> Response<Body> {
-    let text = gw
+    let mut text = gw
         .metrics
-        .render(&gw.router, gw.admission.mode(), gw.idempotency.len());
+        .render(&gw.router, gw.quota.mode(), gw.idempotency.len());
+    gw.quota.render_metrics(&mut text);
     let mut r = full(StatusCode::OK, text);
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
+}
+
+/// The per-gateway enforcement view, for operators: the bearer must be the gateway's store token.
+fn quota_status(gw: &Gw, req: &Request<Incoming>) -> Answer {
+    let presented = auth::bearer(req.headers())?;
+    let ok = gw
+        .settings
+        .store_token
+        .as_deref()
+        .is_some_and(|t| auth::ct_eq(t.as_bytes(), presented.as_bytes()));
+    if !ok {
+        return Err(GwError::new(
+            ErrorCode::PermissionDenied,
+            "The quota status needs the gateway's operator token.",
+        ));
+    }
+    Ok(json(StatusCode::OK, &gw.quota.status()))
 }
 
 fn snapshot(gw: &Gw) -> Result<Arc<crate::snapshot::Snapshot>, GwError> {
@@ -298,7 +317,7 @@ async fn inference(
     let traceparent = req.headers().get("traceparent").cloned();
     let raw = read_body(gw, req).await?;
     timing.mark("read");
-    let v = validate::validate(kind, &raw, &snap, &caller)?;
+    let mut v = validate::validate(kind, &raw, &snap, &caller)?;
     out.model = Some(v.model.def.name.to_string());
     timing.mark("validate");
     let idem = match idem_key {
@@ -321,7 +340,7 @@ async fn inference(
             }
         },
     };
-    let settlement = admit(gw, &caller, &v, request_id)?;
+    let settlement = admit(gw, &caller, &mut v, request_id).await?;
     timing.mark("admit");
     let fwd = match upstream::forward(gw, &v, request_id, traceparent.as_ref(), deadline).await {
         Ok(f) => f,
@@ -354,23 +373,33 @@ async fn inference(
     respond_whole(gw, &v, whole, settlement, idem, out)
 }
 
-fn admit(
+/// Admits the request against its limits. When an output-counting limit applies and the client
+/// set no `max_tokens`, the upstream gets the reserved default, so output never exceeds what
+/// was reserved.
+async fn admit(
     gw: &Arc<Gw>,
     caller: &Caller,
-    v: &Validated,
+    v: &mut Validated,
     request_id: &str,
 ) -> Result<Settlement, GwError> {
-    let ticket = gw.admission.admit(&AdmitRequest {
-        caller,
-        model: &v.model.def,
-        request_id,
-        input_estimate: v.input_estimate,
-        max_output: v.max_output,
-    })?;
+    let ticket = gw
+        .quota
+        .admit(&AdmitRequest {
+            caller,
+            model: &v.model.def,
+            request_id,
+            input_estimate: v.input_estimate,
+            max_output: v.max_output,
+        })
+        .await?;
+    if ticket.clamp_output.is_some() && !v.max_tokens_given {
+        v.body.insert("max_tokens".into(), json!(v.max_tokens));
+        v.raw = None;
+    }
     let rid = RequestId::parse(request_id)
         .map_err(|e| GwError::new(ErrorCode::Internal, format!("request id: {e}")))?;
     let parts = SettlementParts {
-        admission: gw.admission.clone(),
+        quota: gw.quota.clone(),
         settler: gw.settler.clone(),
         metrics: gw.metrics.clone(),
         gateway: gw.settings.gateway_id.clone(),

@@ -21,6 +21,7 @@ pub struct Settings {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub routing: Routing,
+    pub quota: crate::quota::QuotaSettings,
 }
 
 /// Size and connection limits on the customer listener.
@@ -141,6 +142,7 @@ impl Settings {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             routing: Routing::default(),
+            quota: crate::quota::QuotaSettings::default(),
         }
     }
 }

@@ -87,6 +87,7 @@ async fn follow(gw: &Arc<Gw>, addr: &str) -> Result<(), String> {
 /// Indexes and swaps in a config.
 pub fn install(gw: &Gw, cfg: GatewayConfig) {
     let version = cfg.version;
+    gw.quota.install(&cfg);
     let snap = Snapshot::build(cfg, &gw.router);
     tracing::info!(
         version,

@@ -1,12 +1,12 @@
-//! Phase 3, admit: the decision whether a validated request may run, made locally without a
-//! network round trip. The interface is what the limits work implements (leased buckets,
-//! reservations of `input_estimate + max_output`, settlement to actual usage); until then the
-//! gateway runs with [`Unmetered`], which admits every authenticated request and says so in
-//! `/metrics` (`tollgate_gateway_admission_mode`).
+//! Phase 3, admit: the decision whether a validated request may run, made locally against the
+//! gateway's leases ([`crate::quota::Quota`]) without a network round trip in the common case.
+//! A request reserves `input_estimate + max_output` tokens (and the matching money, one request,
+//! one concurrency slot) in every limit that applies to it, all at once or none.
 
-use crate::error::GwError;
 use crate::phases::auth::Caller;
+use crate::quota::Hold;
 use hyper::header::{HeaderName, HeaderValue};
+use tollgate_types::amount::Price;
 use tollgate_types::config::ModelDef;
 
 /// What admission looks at.
@@ -19,13 +19,23 @@ pub struct AdmitRequest<'a> {
     pub max_output: u64,
 }
 
-/// An admitted request's hold, returned to [`Admission::settle`] exactly once.
+/// An admitted request's reservations, settled exactly once.
 #[derive(Debug, Default)]
 pub struct Ticket {
     /// `x-ratelimit-*` headers for the response.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Tokens reserved at admission (refunded down to the actual usage at settlement).
-    pub reserved_tokens: u64,
+    pub headers: crate::quota::headers::Headers,
+    pub holds: Vec<Hold>,
+    pub price: Price,
+    /// An output-counting limit applies: the upstream `max_tokens` must not exceed this.
+    pub clamp_output: Option<u64>,
+    /// Admitted without a lease (fail policy `open`): the usage record says so.
+    pub unbacked: bool,
+}
+
+impl Ticket {
+    pub fn header_pairs(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers.0
+    }
 }
 
 /// Actual usage of a finished request.
@@ -35,32 +45,4 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Counts are the gateway's estimate (the upstream reported none).
     pub estimated: bool,
-}
-
-pub trait Admission: Send + Sync + 'static {
-    /// Admits or refuses (429 `rate_limit_exceeded` / `insufficient_quota`) a request.
-    fn admit(&self, req: &AdmitRequest<'_>) -> Result<Ticket, GwError>;
-    /// Settles a ticket against what the request actually used.
-    fn settle(&self, ticket: Ticket, usage: &Usage);
-    /// A short name for metrics and `/readyz`.
-    fn mode(&self) -> &'static str;
-}
-
-/// Admits everything: no limits are enforced by this gateway.
-#[derive(Debug, Default)]
-pub struct Unmetered;
-
-impl Admission for Unmetered {
-    fn admit(&self, req: &AdmitRequest<'_>) -> Result<Ticket, GwError> {
-        Ok(Ticket {
-            headers: Vec::new(),
-            reserved_tokens: req.input_estimate + req.max_output,
-        })
-    }
-
-    fn settle(&self, _ticket: Ticket, _usage: &Usage) {}
-
-    fn mode(&self) -> &'static str {
-        "unmetered"
-    }
 }

@@ -87,6 +87,14 @@ pub fn authenticate(
     })
 }
 
+/// Constant-time equality of two byte strings (their lengths may leak, not their contents).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl Caller {
     /// Whether the key may use a model (an empty allow-list allows all).
     pub fn may_use(&self, model: &str) -> bool {

@@ -3,7 +3,8 @@
 //! [`Settler`]. A request that ends any other way (client gone, task dropped) is settled by
 //! `Drop` as aborted, so a hold is never leaked.
 
-use crate::phases::admit::{Admission, Ticket, Usage};
+use crate::phases::admit::{Ticket, Usage};
+use crate::quota::Quota;
 use crate::phases::auth::Caller;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,8 +12,9 @@ use tollgate_types::config::ModelDef;
 use tollgate_types::usage::{UsageRecord, UsageStatus};
 use tollgate_types::{ModelName, RequestId};
 
-/// Receives one usage record per finished request. The ledger work makes this durable (local
-/// journal, shipped to the store); [`LogSettler`] writes them to the log.
+/// Receives one usage record per finished request: [`crate::quota::ship::Shipper`] queues it
+/// for the next `Acquire` (the ledger work puts a durable journal under it); [`LogSettler`]
+/// only logs it.
 pub trait Settler: Send + Sync + 'static {
     fn settle(&self, record: UsageRecord);
 }
@@ -49,7 +51,7 @@ pub fn now_ms() -> u64 {
 /// The pending settlement of one admitted request.
 pub struct Settlement {
     ticket: Option<Ticket>,
-    admission: Arc<dyn Admission>,
+    quota: Arc<Quota>,
     settler: Arc<dyn Settler>,
     metrics: Arc<crate::metrics::Metrics>,
     request_id: RequestId,
@@ -64,7 +66,7 @@ pub struct Settlement {
 
 /// Everything a settlement needs besides the usage.
 pub struct SettlementParts {
-    pub admission: Arc<dyn Admission>,
+    pub quota: Arc<Quota>,
     pub settler: Arc<dyn Settler>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub gateway: String,
@@ -81,7 +83,7 @@ impl Settlement {
     ) -> Settlement {
         Settlement {
             ticket: Some(ticket),
-            admission: parts.admission,
+            quota: parts.quota,
             settler: parts.settler,
             metrics: parts.metrics,
             request_id,
@@ -97,7 +99,7 @@ impl Settlement {
 
     /// The `x-ratelimit-*` headers admission produced.
     pub fn headers(&self) -> &[(hyper::header::HeaderName, hyper::header::HeaderValue)] {
-        self.ticket.as_ref().map_or(&[], |t| t.headers.as_slice())
+        self.ticket.as_ref().map_or(&[], |t| t.header_pairs())
     }
 
     /// Settles with the actual usage.
@@ -106,10 +108,10 @@ impl Settlement {
     }
 
     fn settle(&mut self, usage: Usage, status: UsageStatus) {
-        let Some(ticket) = self.ticket.take() else {
+        let Some(mut ticket) = self.ticket.take() else {
             return;
         };
-        self.admission.settle(ticket, &usage);
+        self.quota.settle(&mut ticket, &usage);
         self.metrics
             .tokens(usage.prompt_tokens, usage.completion_tokens);
         self.settler.settle(UsageRecord {
@@ -129,6 +131,7 @@ impl Settlement {
             started_at_ms: self.started_at_ms,
             ended_at_ms: now_ms(),
             estimated: usage.estimated,
+            unbacked: ticket.unbacked,
         });
     }
 }

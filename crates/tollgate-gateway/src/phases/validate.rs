@@ -49,8 +49,13 @@ pub struct Validated {
     pub stream: bool,
     /// The client asked for the usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
-    /// Output tokens the request may produce (its `max_tokens`, or the model's default).
+    /// Output tokens the request may produce: `n` choices of its `max_tokens` (or of the
+    /// model's default).
     pub max_output: u64,
+    /// The client set `max_tokens` / `max_completion_tokens` itself.
+    pub max_tokens_given: bool,
+    /// Per choice: the client's `max_tokens`, or the model's default.
+    pub max_tokens: u64,
     /// Input size estimate in tokens (words; the limits issue refines this).
     pub input_estimate: u64,
 }
@@ -104,14 +109,16 @@ pub fn validate(
         Kind::Completion => input(&body, "prompt")?,
         Kind::Embedding => input(&body, "input")?,
     };
-    let max_output = match kind {
+    let (max_tokens, max_tokens_given) = match kind {
         Kind::Embedding => {
             embedding_options(&body)?;
-            0
+            (0, true)
         }
         _ => max_tokens(&body, &model)?,
     };
     sampling(&body)?;
+    let choices = opt_u64(&body, "n")?.unwrap_or(1).max(1);
+    let max_output = max_tokens.saturating_mul(choices);
     let stream = opt_bool(&body, "stream")?.unwrap_or(false) && kind != Kind::Embedding;
     let include_usage = stream_options(&body, stream)?;
     if stream {
@@ -131,6 +138,8 @@ pub fn validate(
         stream,
         include_usage,
         max_output,
+        max_tokens_given,
+        max_tokens,
         input_estimate,
     })
 }
@@ -314,7 +323,8 @@ fn input(body: &Map<String, Value>, field: &str) -> Result<u64, GwError> {
     }
 }
 
-fn max_tokens(body: &Map<String, Value>, model: &ModelEntry) -> Result<u64, GwError> {
+/// The per-choice output cap and whether the client gave it.
+fn max_tokens(body: &Map<String, Value>, model: &ModelEntry) -> Result<(u64, bool), GwError> {
     let limit = model.def.max_output_tokens;
     for field in ["max_completion_tokens", "max_tokens"] {
         if let Some(n) = opt_u64(body, field)? {
@@ -327,10 +337,10 @@ fn max_tokens(body: &Map<String, Value>, model: &ModelEntry) -> Result<u64, GwEr
                     ),
                 ));
             }
-            return Ok(n);
+            return Ok((n, true));
         }
     }
-    Ok(model.def.default_output_tokens)
+    Ok((model.def.default_output_tokens, false))
 }
 
 fn sampling(body: &Map<String, Value>) -> Result<(), GwError> {

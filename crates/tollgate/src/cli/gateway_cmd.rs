@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tollgate_gateway::Settings;
+use tollgate_types::lease::{LEASE_TTL_MS, REQUEST_DURATION_MAX_MS};
 
 #[derive(Args)]
 pub struct GatewayArgs {
@@ -74,6 +75,12 @@ pub struct Tuning {
     /// Active health probe interval.
     #[arg(long)]
     pub probe_interval_ms: Option<u64>,
+    /// Longest a request waits for a lease refresh when its lease runs short.
+    #[arg(long)]
+    pub admit_wait_ms: Option<u64>,
+    /// Regular lease refresh interval.
+    #[arg(long)]
+    pub lease_refresh_ms: Option<u64>,
 }
 
 fn ms(v: Option<u64>, into: &mut Duration) {
@@ -83,7 +90,7 @@ fn ms(v: Option<u64>, into: &mut Duration) {
 }
 
 impl Tuning {
-    pub fn apply(&self, s: &mut Settings) {
+    pub fn apply(&self, s: &mut Settings) -> anyhow::Result<()> {
         if let Some(b) = self.body_bytes_max {
             s.limits.body_bytes_max = b;
         }
@@ -107,18 +114,48 @@ impl Tuning {
         }
         ms(self.queue_timeout_ms, &mut r.queue_timeout);
         ms(self.probe_interval_ms, &mut r.probe_interval);
+        ms(self.admit_wait_ms, &mut s.quota.admit_wait);
+        if let Some(v) = self.lease_refresh_ms {
+            anyhow::ensure!(
+                (100..=LEASE_TTL_MS / 2).contains(&v),
+                "--lease-refresh-ms must be between 100 and {} (half the lease TTL)",
+                LEASE_TTL_MS / 2
+            );
+            s.quota.refresh = Duration::from_millis(v);
+            s.quota.horizon = Duration::from_millis(2 * v);
+        }
+        anyhow::ensure!(
+            s.timeouts.total <= Duration::from_millis(REQUEST_DURATION_MAX_MS),
+            "--total-timeout-ms must be at most {REQUEST_DURATION_MAX_MS}: the store keeps a lease's hold that long after the lease for requests still running"
+        );
+        Ok(())
     }
+}
+
+/// Gateway ids name lease holders in the store: `[A-Za-z0-9-_.]`, at most 48 characters.
+pub fn check_gateway_id(id: &str) -> anyhow::Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 48
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    anyhow::ensure!(
+        ok,
+        "--gateway-id {id:?}: use 1-48 characters of letters, digits, '-', '_' and '.'"
+    );
+    Ok(())
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut s = Settings::new(args.listen, args.store, args.data_dir);
     s.store_token = args.store_token;
     if let Some(id) = args.gateway_id {
+        check_gateway_id(&id)?;
         s.gateway_id = id;
     }
     s.tls_cert = args.tls_cert;
     s.tls_key = args.tls_key;
-    args.tuning.apply(&mut s);
+    args.tuning.apply(&mut s)?;
     let scheme = if s.tls_cert.is_some() {
         "https"
     } else {

@@ -1,0 +1,323 @@
+//! Admission against leased budgets (docs/design/quotas.md). Each limit that applies to a
+//! request has a [`bucket::LocalBucket`]; a request reserves `input_estimate + max_output` (and
+//! the matching money, one request, one slot) in all of them at once or in none, without a
+//! network round trip. When a lease runs short the request waits, bounded, for the refresher's
+//! next `Acquire` (which it triggers); once leases lapse with the store unreachable, each
+//! limit's fail policy decides. Settlement replaces each reservation by the actual usage.
+
+pub mod bucket;
+pub mod headers;
+pub mod plan;
+pub mod refresh;
+pub mod rpc;
+pub mod ship;
+pub mod status;
+
+use crate::error::GwError;
+use crate::phases::admit::{AdmitRequest, Ticket, Usage};
+use arc_swap::ArcSwap;
+use bucket::{Inner, Kind, LocalBucket, Short, Source};
+use plan::{Applies, Plan};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use tollgate_types::ErrorCode;
+use tollgate_types::config::GatewayConfig;
+use tollgate_types::limits::{Dimension, LimitKey};
+
+/// Tuning of admission and lease refresh.
+#[derive(Debug, Clone)]
+pub struct QuotaSettings {
+    /// Longest a request waits for a refresh when its lease runs short.
+    pub admit_wait: Duration,
+    /// Regular refresh interval (a refresh also runs whenever a request waits).
+    pub refresh: Duration,
+    /// Leases are sized for the demand over this horizon.
+    pub horizon: Duration,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        QuotaSettings {
+            admit_wait: Duration::from_millis(500),
+            refresh: Duration::from_millis(2_500),
+            horizon: Duration::from_millis(5_000),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct QuotaStats {
+    pub admitted: AtomicU64,
+    pub admitted_unbacked: AtomicU64,
+    pub admitted_reserve: AtomicU64,
+    pub denied_rate: AtomicU64,
+    pub denied_quota: AtomicU64,
+    pub denied_store: AtomicU64,
+    pub waited: AtomicU64,
+    pub refresh_ok: AtomicU64,
+    pub refresh_failed: AtomicU64,
+    pub last_refresh_ms: AtomicU64,
+}
+
+/// One reservation in one bucket.
+#[derive(Debug)]
+pub struct Hold {
+    pub bucket: Arc<LocalBucket>,
+    pub src: Source,
+    pub amount: u64,
+    pub dim: Dimension,
+}
+
+/// Why a request was not admitted: the first bucket that refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Denial {
+    pub idx: usize,
+    pub short: Short,
+}
+
+pub struct Quota {
+    pub buckets: Mutex<BTreeMap<LimitKey, Arc<LocalBucket>>>,
+    plan: ArcSwap<Plan>,
+    pub shipper: Arc<ship::Shipper>,
+    pub(crate) kick: Arc<Notify>,
+    refreshed: watch::Sender<u64>,
+    pub store_ok: AtomicBool,
+    pub settings: QuotaSettings,
+    pub stats: QuotaStats,
+    pub started: Instant,
+}
+
+impl Quota {
+    pub fn new(settings: QuotaSettings) -> Quota {
+        let kick = Arc::new(Notify::new());
+        Quota {
+            buckets: Mutex::new(BTreeMap::new()),
+            plan: ArcSwap::from_pointee(Plan::new()),
+            shipper: Arc::new(ship::Shipper::new(kick.clone())),
+            kick,
+            refreshed: watch::channel(0).0,
+            // optimistic until a refresh fails: a fresh gateway asks before it applies policies
+            store_ok: AtomicBool::new(true),
+            settings,
+            stats: QuotaStats::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Takes in the limits of a new config version (buckets of unchanged limits keep their leases).
+    pub fn install(&self, cfg: &GatewayConfig) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = plan::build(&cfg.keys, &cfg.limits, &mut buckets, Instant::now());
+        self.plan.store(Arc::new(plan));
+    }
+
+    /// The limits that apply to a request and what it reserves in each.
+    pub fn applicable(&self, req: &AdmitRequest<'_>) -> (Vec<Applies>, Vec<u64>) {
+        let plan = self.plan.load();
+        let Some(list) = plan.get(req.caller.key.id.as_str()) else {
+            return (Vec::new(), Vec::new());
+        };
+        let applies: Vec<Applies> = list
+            .iter()
+            .filter(|a| a.model.as_ref().is_none_or(|m| m == &req.model.name))
+            .cloned()
+            .collect();
+        let amounts = applies
+            .iter()
+            .map(|a| {
+                plan::reservation(a.dimension, req.input_estimate, req.max_output, &req.model.price)
+            })
+            .collect();
+        (applies, amounts)
+    }
+
+    /// Admits a request: locally when its leases cover it, else after (at most `admit_wait`
+    /// of) waiting for a refresh, else refused with the reason of the first limit that refused.
+    pub async fn admit(&self, req: &AdmitRequest<'_>) -> Result<Ticket, GwError> {
+        let (applies, amounts) = self.applicable(req);
+        let clamp = applies
+            .iter()
+            .any(|a| plan::counts_output(a.dimension) && !a.bucket.lock().limit.shadow);
+        let deadline = Instant::now() + self.settings.admit_wait;
+        let mut first = true;
+        let mut waiting: Option<WaitGuard<'_>> = None;
+        loop {
+            let mut rx = self.refreshed.subscribe();
+            match self.try_admit(&applies, &amounts, first) {
+                Ok((holds, headers)) => {
+                    self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Ticket {
+                        unbacked: holds.iter().any(|h| h.src == Source::Unbacked),
+                        headers,
+                        holds,
+                        price: req.model.price,
+                        clamp_output: clamp.then_some(req.max_output),
+                    });
+                }
+                Err(d) if d.short == Short::Wait && Instant::now() < deadline => {
+                    if waiting.is_none() {
+                        self.stats.waited.fetch_add(1, Ordering::Relaxed);
+                        waiting = Some(WaitGuard::new(&applies, &amounts));
+                    }
+                    self.kick.notify_one();
+                    let _ = tokio::time::timeout_at(deadline.into(), rx.changed()).await;
+                }
+                Err(d) => return Err(self.deny(d, &applies, &amounts)),
+            }
+            first = false;
+        }
+    }
+
+    /// The local decision: locks the request's buckets in order, checks every one, then takes
+    /// from all of them. No I/O, no allocation beyond the returned holds.
+    pub fn try_admit(
+        &self,
+        applies: &[Applies],
+        amounts: &[u64],
+        count_demand: bool,
+    ) -> Result<(Vec<Hold>, headers::Headers), Denial> {
+        if applies.is_empty() {
+            return Ok((Vec::new(), headers::Headers::default()));
+        }
+        let now = Instant::now();
+        let store_ok = self.store_ok.load(Ordering::Relaxed);
+        let mut guards: Vec<MutexGuard<'_, Inner>> =
+            applies.iter().map(|a| a.bucket.lock()).collect();
+        let mut srcs = Vec::with_capacity(applies.len());
+        let mut denial: Option<Denial> = None;
+        for (i, g) in guards.iter_mut().enumerate() {
+            if count_demand {
+                g.demand += amounts[i];
+                g.unit = (g.unit * 7 + amounts[i]).div_ceil(8);
+            }
+            match g.check(amounts[i], now, store_ok) {
+                Ok(s) => srcs.push(s),
+                Err(short) => {
+                    let better = denial.is_none_or(|d| d.short == Short::Wait && short != Short::Wait);
+                    if better {
+                        denial = Some(Denial { idx: i, short });
+                    }
+                }
+            }
+        }
+        if let Some(d) = denial {
+            if d.short != Short::Wait {
+                guards[d.idx].denied += 1;
+            }
+            return Err(d);
+        }
+        let mut holds = Vec::with_capacity(applies.len());
+        for (i, g) in guards.iter_mut().enumerate() {
+            g.take(srcs[i], amounts[i], now);
+            holds.push(Hold {
+                bucket: applies[i].bucket.clone(),
+                src: srcs[i],
+                amount: amounts[i],
+                dim: applies[i].dimension,
+            });
+        }
+        let hdrs = headers::Headers::from_buckets(applies, &guards, now);
+        Ok((holds, hdrs))
+    }
+
+    fn deny(&self, d: Denial, applies: &[Applies], amounts: &[u64]) -> GwError {
+        let a = &applies[d.idx];
+        let g = a.bucket.lock();
+        let scope = status::scope_name(&a.bucket.key);
+        let what = status::dimension_name(a.dimension);
+        let budget = plan::is_budget(a.dimension);
+        let (code, stat) = match (d.short, budget) {
+            (Short::StoreDown, _) => (ErrorCode::StoreUnavailable, &self.stats.denied_store),
+            (_, true) => (ErrorCode::InsufficientQuota, &self.stats.denied_quota),
+            _ => (ErrorCode::RateLimitExceeded, &self.stats.denied_rate),
+        };
+        stat.fetch_add(1, Ordering::Relaxed);
+        let msg = match (d.short, budget) {
+            (Short::StoreDown, _) => format!(
+                "The {what} limit of {scope} cannot be checked right now (quota store unreachable); retry shortly."
+            ),
+            (_, true) => format!(
+                "You exceeded the {what} of {scope} (limit {}). Raise the budget or wait for the next period.",
+                g.limit.limit
+            ),
+            _ => format!(
+                "Rate limit reached for {what} of {scope}: limit {}, this request needs {}.",
+                g.limit.limit, amounts[d.idx]
+            ),
+        };
+        let retry = match (d.short, g.kind) {
+            (Short::StoreDown, _) => Some(Duration::from_secs(1)),
+            (_, Kind::Rate) if g.limit.limit > 0 => Some(Duration::from_millis(
+                (amounts[d.idx].max(1) * 60_000).div_ceil(g.limit.limit),
+            )),
+            (_, Kind::Concurrency) => Some(Duration::from_secs(1)),
+            _ => None,
+        };
+        drop(g);
+        let now = Instant::now();
+        let guards: Vec<MutexGuard<'_, Inner>> = applies.iter().map(|a| a.bucket.lock()).collect();
+        let hdrs = headers::Headers::from_buckets(applies, &guards, now);
+        let mut e = GwError::new(code, msg).with_headers(hdrs.0);
+        if let Some(r) = retry {
+            e = e.retry_after(r);
+        }
+        e
+    }
+
+    /// Replaces each reservation by what the request actually used.
+    pub fn settle(&self, ticket: &mut Ticket, usage: &Usage) {
+        let now = Instant::now();
+        for h in ticket.holds.drain(..) {
+            let actual = match h.dim {
+                Dimension::ConcurrentRequests => 0,
+                d => plan::reservation(d, usage.prompt_tokens, usage.completion_tokens, &ticket.price),
+            };
+            h.bucket.lock().settle(h.src, h.amount, actual, now);
+        }
+    }
+
+    /// Tells waiters a refresh finished (successfully or not).
+    pub(crate) fn refreshed(&self) {
+        self.refreshed.send_modify(|g| *g += 1);
+    }
+
+    /// Name for `/readyz` and metrics.
+    pub fn mode(&self) -> &'static str {
+        if self.store_ok.load(Ordering::Relaxed) {
+            "leased"
+        } else {
+            "store_unreachable"
+        }
+    }
+}
+
+/// Marks a request's reservations as waiting (so the next refresh asks for them) until dropped.
+struct WaitGuard<'a> {
+    items: Vec<(&'a Arc<LocalBucket>, u64)>,
+}
+
+impl<'a> WaitGuard<'a> {
+    fn new(applies: &'a [Applies], amounts: &[u64]) -> WaitGuard<'a> {
+        let items: Vec<_> = applies
+            .iter()
+            .zip(amounts)
+            .map(|(a, n)| (&a.bucket, *n))
+            .collect();
+        for (b, n) in &items {
+            b.lock().waiting += n;
+        }
+        WaitGuard { items }
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        for (b, n) in &self.items {
+            let mut g = b.lock();
+            g.waiting = g.waiting.saturating_sub(*n);
+        }
+    }
+}

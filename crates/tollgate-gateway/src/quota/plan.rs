@@ -1,0 +1,94 @@
+//! Which limits apply to a request: built once per config version, per API key (org, project
+//! and key limits, each optionally narrowed to a model), so admission does one lookup.
+
+use super::bucket::{Kind, LocalBucket, kind};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tollgate_types::ModelName;
+use tollgate_types::amount::Price;
+use tollgate_types::config::ApiKeyRecord;
+use tollgate_types::limits::{Dimension, Limit, LimitKey, Scope};
+
+/// A limit that applies to a key, with its local bucket.
+#[derive(Debug, Clone)]
+pub struct Applies {
+    pub model: Option<ModelName>,
+    pub bucket: Arc<LocalBucket>,
+    pub dimension: Dimension,
+}
+
+/// Per key id: the limits that may apply, in lock order.
+pub type Plan = HashMap<String, Arc<[Applies]>>;
+
+/// Builds the plan of every key, creating buckets for new limits (existing buckets keep their
+/// leases; their parameters are updated in place).
+pub fn build(
+    keys: &[ApiKeyRecord],
+    limits: &[Limit],
+    buckets: &mut BTreeMap<LimitKey, Arc<LocalBucket>>,
+    now: std::time::Instant,
+) -> Plan {
+    buckets.retain(|k, _| limits.iter().any(|l| &l.key() == k));
+    let mut next = buckets.values().map(|b| b.order).max().map_or(0, |o| o + 1);
+    for l in limits {
+        match buckets.get(&l.key()) {
+            Some(b) => {
+                let mut inner = b.lock();
+                inner.limit = l.clone();
+            }
+            None => {
+                buckets.insert(l.key(), Arc::new(LocalBucket::new(l.clone(), next, now)));
+                next += 1;
+            }
+        }
+    }
+    let mut plan = Plan::with_capacity(keys.len());
+    for k in keys {
+        let mut list: Vec<Applies> = buckets
+            .values()
+            .filter(|b| match &b.key.scope {
+                Scope::Org { org } => org == &k.org,
+                Scope::Project { org, project } => org == &k.org && project == &k.project,
+                Scope::Key { org, key } => org == &k.org && key == &k.id,
+            })
+            .map(|b| Applies {
+                model: b.key.model.clone(),
+                bucket: b.clone(),
+                dimension: b.key.dimension,
+            })
+            .collect();
+        if list.is_empty() {
+            continue;
+        }
+        list.sort_by_key(|a| a.bucket.order);
+        plan.insert(k.id.as_str().to_owned(), list.into());
+    }
+    plan
+}
+
+/// What a request reserves in a dimension.
+pub fn reservation(dim: Dimension, input: u64, output: u64, price: &Price) -> u64 {
+    match dim {
+        Dimension::RequestsPerMinute | Dimension::ConcurrentRequests => 1,
+        Dimension::InputTokensPerMinute => input,
+        Dimension::OutputTokensPerMinute => output,
+        Dimension::TokenBudget { .. } => input.saturating_add(output),
+        Dimension::MoneyBudget { .. } => price.cost_micros(input, output),
+    }
+}
+
+/// Whether a dimension counts output tokens (then the upstream `max_tokens` must be clamped to
+/// what was reserved).
+pub fn counts_output(dim: Dimension) -> bool {
+    matches!(
+        dim,
+        Dimension::OutputTokensPerMinute
+            | Dimension::TokenBudget { .. }
+            | Dimension::MoneyBudget { .. }
+    )
+}
+
+/// Whether denial in this dimension is `insufficient_quota` (a budget) rather than a rate limit.
+pub fn is_budget(dim: Dimension) -> bool {
+    kind(dim) == Kind::Volume
+}

@@ -1,0 +1,165 @@
+//! The lease refresher: one task per gateway that sends one batched `Acquire` per refresh —
+//! the usage records since the last call, the returns of unused lease amounts, and a want for
+//! every active bucket — every `refresh` interval, and at once (micro-batched) when a request
+//! waits on a short lease or many records are queued. `t0` is taken before the call, so the
+//! gateway stops admitting on a grant before the store can consider it expired.
+
+use super::Quota;
+use super::rpc::StoreRpc;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tollgate_types::lease::{AcquireBody, AcquireResult, LeaseMode, Return, Want};
+use tollgate_types::limits::LimitKey;
+
+/// Least time between two `Acquire`s of one gateway.
+const MIN_GAP: Duration = Duration::from_millis(10);
+/// How long a kick waits for more waiters before sending (micro-batching).
+const BATCH_DELAY: Duration = Duration::from_millis(1);
+
+pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut last = Instant::now() - q.settings.refresh;
+    loop {
+        let next = last + q.settings.refresh;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = q.kick.notified() => tokio::time::sleep(BATCH_DELAY).await,
+            _ = stop.changed() => {
+                // last call: ship what is queued and give back what this gateway holds
+                q.refresh_once(&rpc, true).await;
+                return;
+            }
+        }
+        let since = last.elapsed();
+        if since < MIN_GAP {
+            tokio::time::sleep(MIN_GAP - since).await;
+        }
+        last = Instant::now();
+        q.refresh_once(&rpc, false).await;
+    }
+}
+
+/// What one `Acquire` carried, to undo on failure.
+struct Sent {
+    wanted: HashMap<LimitKey, u64>,
+    overruns: Vec<(LimitKey, u64)>,
+}
+
+impl Quota {
+    /// Builds, sends and applies one `Acquire`. `closing`: return everything, want nothing.
+    pub async fn refresh_once(&self, rpc: &StoreRpc, closing: bool) {
+        let (body, sent) = self.build_acquire(closing);
+        if body.wants.is_empty() && body.returns.is_empty() && body.usage.is_empty() {
+            self.refreshed();
+            return;
+        }
+        let t0 = Instant::now();
+        let usage = body.usage.clone();
+        match rpc.acquire(&body).await {
+            Ok(res) => {
+                self.store_ok.store(true, Ordering::Relaxed);
+                self.stats.refresh_ok.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .last_refresh_ms
+                    .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                self.shipper.acked(&res.acks);
+                self.apply(&res, t0, &sent);
+            }
+            Err(e) => {
+                if self.store_ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "lease refresh failed; admitting on live leases, then by fail policy");
+                }
+                self.stats.refresh_failed.fetch_add(1, Ordering::Relaxed);
+                self.shipper.requeue(usage);
+                self.restore_overruns(&sent);
+            }
+        }
+        self.refreshed();
+    }
+
+    fn build_acquire(&self, closing: bool) -> (AcquireBody, Sent) {
+        let now = Instant::now();
+        let buckets: Vec<_> = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut body = AcquireBody {
+            usage: self.shipper.take_batch(),
+            ..Default::default()
+        };
+        let mut sent = Sent {
+            wanted: HashMap::new(),
+            overruns: Vec::new(),
+        };
+        for b in buckets {
+            let mut g = b.lock();
+            let active = g.demand > 0
+                || g.waiting > 0
+                || g.lease_id != 0
+                || !g.gens.is_empty()
+                || g.overrun > 0;
+            g.sample(now);
+            if !active && g.rate_per_s < 1e-3 {
+                continue;
+            }
+            let want = if closing {
+                0
+            } else {
+                g.want(now, self.settings.horizon)
+            };
+            // hysteresis: give back only what exceeds twice the need (exactly the need when
+            // the bucket is nearly exhausted, so others can have the rest)
+            let keep = match (closing, g.mode) {
+                (true, _) => 0,
+                (false, LeaseMode::PassThrough) => g.need(self.settings.horizon),
+                (false, LeaseMode::Lease) => 2 * g.need(self.settings.horizon),
+            };
+            let unused = g.take_return(now, keep);
+            if unused > 0 {
+                body.returns.push(Return {
+                    lease_id: g.lease_id,
+                    unused,
+                });
+            }
+            let overrun = std::mem::take(&mut g.overrun);
+            if overrun > 0 {
+                sent.overruns.push((b.key.clone(), overrun));
+            }
+            if closing && overrun == 0 {
+                continue;
+            }
+            sent.wanted.insert(b.key.clone(), want);
+            body.wants.push(Want {
+                limit: b.key.clone(),
+                want,
+                unit: g.unit,
+                overrun,
+            });
+        }
+        (body, sent)
+    }
+
+    fn apply(&self, res: &AcquireResult, t0: Instant, sent: &Sent) {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for grant in &res.grants {
+            if let Some(b) = buckets.get(&grant.limit) {
+                let wanted = sent.wanted.get(&grant.limit).copied().unwrap_or(0);
+                b.lock().apply_grant(grant, t0, wanted, now);
+            }
+        }
+    }
+
+    fn restore_overruns(&self, sent: &Sent) {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, n) in &sent.overruns {
+            if let Some(b) = buckets.get(k) {
+                b.lock().overrun += n;
+            }
+        }
+    }
+}

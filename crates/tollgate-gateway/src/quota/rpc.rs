@@ -1,0 +1,126 @@
+//! The gateway's `Acquire` call: to the leader it last found, following NOT_LEADER redirects and
+//! moving on from unreachable nodes, with the same request id on every attempt (a retried
+//! `Acquire` applies once), bounded by a deadline.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tollgate_proto::quota::AcquireRequest;
+use tollgate_proto::quota::quota_client::QuotaClient;
+use tollgate_proto::{ERROR_CODE_METADATA, LEADER_METADATA};
+use tollgate_types::lease::{AcquireBody, AcquireResult};
+use tonic::transport::{Channel, Endpoint};
+
+/// One `Acquire`, all attempts included.
+pub const CALL_DEADLINE: Duration = Duration::from_millis(2_000);
+const RPC_TIMEOUT: Duration = Duration::from_millis(1_000);
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+pub struct StoreRpc {
+    addrs: Vec<String>,
+    token: Option<String>,
+    /// `gateway-id:incarnation`: whose leases these are.
+    pub holder: String,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+}
+
+impl StoreRpc {
+    pub fn new(addrs: Vec<String>, token: Option<String>, holder: String) -> StoreRpc {
+        StoreRpc {
+            addrs,
+            token,
+            holder,
+            channels: Mutex::new(HashMap::new()),
+            leader: Mutex::new(None),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad store address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_leader(&self, l: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = l;
+    }
+
+    pub async fn acquire(&self, body: &AcquireBody) -> Result<AcquireResult, String> {
+        let json = serde_json::to_vec(body).map_err(|e| format!("encoding acquire: {e}"))?;
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let deadline = Instant::now() + CALL_DEADLINE;
+        let mut next = 0usize;
+        let mut target = self.leader();
+        let mut last_err = "no store address".to_owned();
+        while Instant::now() < deadline {
+            let addr = match target.take() {
+                Some(a) => a,
+                None if self.addrs.is_empty() => break,
+                None => {
+                    next += 1;
+                    self.addrs[(next - 1) % self.addrs.len()].clone()
+                }
+            };
+            let mut req = tonic::Request::new(AcquireRequest {
+                gateway_id: self.holder.clone(),
+                request_id: request_id.clone(),
+                body_json: json.clone(),
+            });
+            if let Some(t) = &self.token
+                && let Ok(v) = format!("Bearer {t}").parse()
+            {
+                req.metadata_mut().insert("authorization", v);
+            }
+            let mut client = QuotaClient::new(self.channel(&addr)?);
+            match tokio::time::timeout(RPC_TIMEOUT, client.acquire(req)).await {
+                Ok(Ok(resp)) => {
+                    self.set_leader(Some(addr));
+                    return serde_json::from_slice(&resp.into_inner().result_json)
+                        .map_err(|e| format!("undecodable acquire result: {e}"));
+                }
+                Ok(Err(status)) => {
+                    let code = status
+                        .metadata()
+                        .get(ERROR_CODE_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    last_err = format!("store {addr}: {}: {}", status.code(), status.message());
+                    match code {
+                        "not_leader" => {
+                            target = status
+                                .metadata()
+                                .get(LEADER_METADATA)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned)
+                                .filter(|l| *l != addr);
+                            if target.is_none() {
+                                tokio::time::sleep(RETRY_PAUSE).await;
+                            }
+                        }
+                        "" | "store_unavailable" => tokio::time::sleep(RETRY_PAUSE).await,
+                        // refused for good (bad token, bad body): retrying cannot help
+                        _ => return Err(last_err),
+                    }
+                }
+                Err(_) => last_err = format!("store {addr}: no answer within {RPC_TIMEOUT:?}"),
+            }
+        }
+        self.set_leader(None);
+        Err(last_err)
+    }
+}
