@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod gateway;
 
 use serde_json::Value;

@@ -103,20 +103,34 @@ impl State {
         };
         let avail = limit.limit.saturating_sub(b.settled.saturating_add(b.held));
         let share = note_want(b, holder, w, now, avail);
-        let g = w.want.min(share).min(avail);
+        let g = if pass_through(b, avail) {
+            // end game: first come, first served, and never a fragment smaller than a request
+            // (fragments stranded on several gateways would add up to requests nobody can run)
+            let g = w.want.min(avail);
+            match w.unit {
+                u if u > 0 && g < w.want => g - g % u,
+                _ => g,
+            }
+        } else {
+            w.want.min(share).min(avail)
+        };
         b.held += g;
         b.wants.insert(holder.to_owned(), (w.want - g, w.unit, now));
         let available = avail - g;
-        // what is left no longer makes a useful lease per active gateway: grant exactly
-        let active = b.wants.len() as u64;
-        let unit = b.wants.values().map(|v| v.1).max().unwrap_or(1).max(1);
-        let mode = if available < active.max(1) * unit * LEASE_UNITS_MIN {
+        let mode = if pass_through(b, available) {
             LeaseMode::PassThrough
         } else {
             LeaseMode::Lease
         };
         let lease_id = match (lease_id, g) {
-            (0, 0) => 0,
+            // nothing granted: an existing lease is still renewed (and named, so the gateway
+            // keeps using it); no lease is created for nothing
+            (0, 0) => self
+                .leases
+                .by_holder
+                .get(&(holder.to_owned(), id.clone()))
+                .copied()
+                .unwrap_or(0),
             (0, _) => self.lease_for(holder, id),
             (l, _) => l,
         };
@@ -179,6 +193,14 @@ impl State {
         self.reschedule_lease(lease_id, release_at(now, r));
         (lease_id, r)
     }
+}
+
+/// Whether what is left no longer makes a useful lease per active gateway: then grants are
+/// exact (pass-through).
+fn pass_through(b: &Bucket, avail: u64) -> bool {
+    let active = b.wants.len() as u64;
+    let unit = b.wants.values().map(|v| v.1).max().unwrap_or(1).max(1);
+    avail < active.max(1) * unit * LEASE_UNITS_MIN
 }
 
 /// Records the holder's want, forgets wants older than a TTL, and returns its fair share.

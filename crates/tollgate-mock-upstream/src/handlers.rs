@@ -171,6 +171,7 @@ async fn inference(
     body: Value,
 ) -> Response<Body> {
     let n = mock.requests.fetch_add(1, Ordering::Relaxed);
+    let _inflight = mock.stats.enter();
     let kind = match path {
         "/v1/chat/completions" => Kind::Chat,
         "/v1/completions" => Kind::Completion,

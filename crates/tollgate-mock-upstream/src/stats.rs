@@ -4,6 +4,7 @@
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most requests remembered; the oldest are forgotten first (counted in `forgotten`).
 pub const SERVED_MAX: usize = 1_000_000;
@@ -30,6 +31,8 @@ pub struct Totals {
     pub forgotten: u64,
     /// How many times each request id was served (more than once means the caller retried).
     pub repeated_ids: u64,
+    /// Most requests in the handler at once (for streams: until the response head is sent).
+    pub inflight_max: u64,
 }
 
 #[derive(Default)]
@@ -42,9 +45,26 @@ struct Inner {
 #[derive(Default)]
 pub struct Stats {
     inner: Mutex<Inner>,
+    inflight: AtomicU64,
+    inflight_max: AtomicU64,
+}
+
+/// Counts a request as in flight until dropped.
+pub struct InFlight<'a>(&'a Stats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Stats {
+    pub fn enter(&self) -> InFlight<'_> {
+        let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inflight_max.fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
+    }
+
     pub fn record(&self, id: &str, s: Served) {
         let Ok(mut g) = self.inner.lock() else {
             return;
@@ -85,10 +105,13 @@ impl Stats {
     }
 
     pub fn totals(&self) -> Totals {
-        self.inner
+        let mut t = self
+            .inner
             .lock()
             .map(|g| g.totals.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        t.inflight_max = self.inflight_max.load(Ordering::SeqCst);
+        t
     }
 
     pub fn all(&self) -> Vec<(String, Served)> {
@@ -105,5 +128,6 @@ impl Stats {
         if let Ok(mut g) = self.inner.lock() {
             *g = Inner::default();
         }
+        self.inflight_max.store(0, Ordering::SeqCst);
     }
 }

@@ -95,6 +95,10 @@ pub enum AdminQuery {
     ListLimits {
         org: Option<OrgId>,
     },
+    /// Live quota buckets (settled, held, debt; rate buckets' tokens) and their leases.
+    Buckets {
+        org: Option<OrgId>,
+    },
     ListTokens,
     /// Audit records with `seq >= from_seq`, at most `limit`.
     Audit {

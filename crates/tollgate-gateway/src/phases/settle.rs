@@ -4,8 +4,8 @@
 //! `Drop` as aborted, so a hold is never leaked.
 
 use crate::phases::admit::{Ticket, Usage};
-use crate::quota::Quota;
 use crate::phases::auth::Caller;
+use crate::quota::Quota;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate_types::config::ModelDef;

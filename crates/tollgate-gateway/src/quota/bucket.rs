@@ -292,7 +292,8 @@ impl Inner {
     /// Folds the demand since the last sample into the smoothed rate.
     pub fn sample(&mut self, now: Instant) {
         let dt = now.duration_since(self.sampled_at).as_secs_f64();
-        if dt < 0.05 {
+        // windows of at least half a second: a burst of queued requests is not a rate
+        if dt < 0.5 {
             return;
         }
         let rate = self.demand as f64 / dt;
@@ -314,6 +315,11 @@ impl Inner {
                 // slots: the recent peak above what is in use, what waits, a little headroom
                 let burst = self.peak_used.saturating_sub(self.used);
                 burst + self.waiting + 1 + self.used / 4
+            }
+            (Kind::Rate, _) => {
+                // never more than the limit itself refills over the horizon: more would expire
+                let cap = self.limit.limit as f64 / 60.0;
+                (self.rate_per_s.min(cap) * horizon.as_secs_f64()).ceil() as u64 + self.waiting
             }
             _ => (self.rate_per_s * horizon.as_secs_f64()).ceil() as u64 + self.waiting,
         }
@@ -379,9 +385,9 @@ impl Inner {
         self.exhausted_until = (g.granted < wanted && g.available == 0).then(|| {
             let pause = match self.kind {
                 // about the time one typical reservation takes to refill
-                Kind::Rate if self.limit.limit > 0 => {
-                    Duration::from_millis((60_000 * self.unit.max(1) / self.limit.limit).clamp(10, 1_000))
-                }
+                Kind::Rate if self.limit.limit > 0 => Duration::from_millis(
+                    (60_000 * self.unit.max(1) / self.limit.limit).clamp(10, 1_000),
+                ),
                 _ => Duration::from_millis(250),
             };
             now + pause

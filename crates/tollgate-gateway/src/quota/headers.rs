@@ -48,7 +48,11 @@ pub fn format_reset(ms: u64) -> String {
 }
 
 impl Headers {
-    pub fn from_buckets(applies: &[Applies], guards: &[MutexGuard<'_, Inner>], now: Instant) -> Headers {
+    pub fn from_buckets(
+        applies: &[Applies],
+        guards: &[MutexGuard<'_, Inner>],
+        now: Instant,
+    ) -> Headers {
         let mut out = Vec::new();
         let families: [(&str, Family); 2] = [
             ("requests", |d| d == Dimension::RequestsPerMinute),
@@ -69,7 +73,10 @@ impl Headers {
             };
             let values = [
                 (format!("x-ratelimit-limit-{name}"), limit.to_string()),
-                (format!("x-ratelimit-remaining-{name}"), remaining.to_string()),
+                (
+                    format!("x-ratelimit-remaining-{name}"),
+                    remaining.to_string(),
+                ),
                 (format!("x-ratelimit-reset-{name}"), format_reset(reset_ms)),
             ];
             for (k, v) in values {

@@ -43,7 +43,7 @@ impl Default for QuotaSettings {
         QuotaSettings {
             admit_wait: Duration::from_millis(500),
             refresh: Duration::from_millis(2_500),
-            horizon: Duration::from_millis(5_000),
+            horizon: Duration::from_millis(6_000),
         }
     }
 }
@@ -128,7 +128,12 @@ impl Quota {
         let amounts = applies
             .iter()
             .map(|a| {
-                plan::reservation(a.dimension, req.input_estimate, req.max_output, &req.model.price)
+                plan::reservation(
+                    a.dimension,
+                    req.input_estimate,
+                    req.max_output,
+                    &req.model.price,
+                )
             })
             .collect();
         (applies, amounts)
@@ -196,7 +201,8 @@ impl Quota {
             match g.check(amounts[i], now, store_ok) {
                 Ok(s) => srcs.push(s),
                 Err(short) => {
-                    let better = denial.is_none_or(|d| d.short == Short::Wait && short != Short::Wait);
+                    let better =
+                        denial.is_none_or(|d| d.short == Short::Wait && short != Short::Wait);
                     if better {
                         denial = Some(Denial { idx: i, short });
                     }
@@ -273,7 +279,12 @@ impl Quota {
         for h in ticket.holds.drain(..) {
             let actual = match h.dim {
                 Dimension::ConcurrentRequests => 0,
-                d => plan::reservation(d, usage.prompt_tokens, usage.completion_tokens, &ticket.price),
+                d => plan::reservation(
+                    d,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    &ticket.price,
+                ),
             };
             h.bucket.lock().settle(h.src, h.amount, actual, now);
         }

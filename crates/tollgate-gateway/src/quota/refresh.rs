@@ -15,13 +15,17 @@ use tollgate_types::limits::LimitKey;
 
 /// Least time between two `Acquire`s of one gateway.
 const MIN_GAP: Duration = Duration::from_millis(10);
+/// First retry after a failed refresh.
+const RETRY_MIN: Duration = Duration::from_millis(200);
 /// How long a kick waits for more waiters before sending (micro-batching).
 const BATCH_DELAY: Duration = Duration::from_millis(1);
 
 pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut last = Instant::now() - q.settings.refresh;
+    // after a failed refresh, try again sooner (doubling up to the regular interval)
+    let mut interval = q.settings.refresh;
     loop {
-        let next = last + q.settings.refresh;
+        let next = last + interval;
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
             _ = q.kick.notified() => tokio::time::sleep(BATCH_DELAY).await,
@@ -37,6 +41,14 @@ pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Rec
         }
         last = Instant::now();
         q.refresh_once(&rpc, false).await;
+        interval = match (
+            q.store_ok.load(Ordering::Relaxed),
+            interval == q.settings.refresh,
+        ) {
+            (true, _) => q.settings.refresh,
+            (false, true) => RETRY_MIN.min(q.settings.refresh),
+            (false, false) => (interval * 2).min(q.settings.refresh),
+        };
     }
 }
 
@@ -111,11 +123,11 @@ impl Quota {
             } else {
                 g.want(now, self.settings.horizon)
             };
-            // hysteresis: give back only what exceeds twice the need (exactly the need when
-            // the bucket is nearly exhausted, so others can have the rest)
+            // hysteresis: give back only what exceeds twice the need; when the bucket is nearly
+            // exhausted give back everything unused (the store regrants exactly what waits, so
+            // no fragment stays stranded here)
             let keep = match (closing, g.mode) {
-                (true, _) => 0,
-                (false, LeaseMode::PassThrough) => g.need(self.settings.horizon),
+                (true, _) | (false, LeaseMode::PassThrough) => 0,
                 (false, LeaseMode::Lease) => 2 * g.need(self.settings.horizon),
             };
             let unused = g.take_return(now, keep);

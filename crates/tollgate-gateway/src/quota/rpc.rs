@@ -53,7 +53,10 @@ impl StoreRpc {
     }
 
     fn leader(&self) -> Option<String> {
-        self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_leader(&self, l: Option<String>) {

@@ -140,20 +140,76 @@ impl Quota {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let st = &self.stats;
         let lines = [
-            ("tollgate_gateway_quota_store_reachable", "gauge", u64::from(store_ok)),
-            ("tollgate_gateway_quota_admitted_total", "counter", load(&st.admitted)),
-            ("tollgate_gateway_quota_waited_total", "counter", load(&st.waited)),
-            ("tollgate_gateway_quota_denied_rate_total", "counter", load(&st.denied_rate)),
-            ("tollgate_gateway_quota_denied_quota_total", "counter", load(&st.denied_quota)),
-            ("tollgate_gateway_quota_denied_store_total", "counter", load(&st.denied_store)),
-            ("tollgate_gateway_quota_unbacked_units_total", "counter", unbacked),
-            ("tollgate_gateway_lease_refresh_total", "counter", load(&st.refresh_ok)),
-            ("tollgate_gateway_lease_refresh_failed_total", "counter", load(&st.refresh_failed)),
-            ("tollgate_gateway_lease_refresh_last_ms", "gauge", load(&st.last_refresh_ms)),
-            ("tollgate_gateway_usage_queued", "gauge", self.shipper.len() as u64),
-            ("tollgate_gateway_usage_shipped_total", "counter", load(&self.shipper.shipped)),
-            ("tollgate_gateway_usage_rejected_total", "counter", load(&self.shipper.rejected)),
-            ("tollgate_gateway_usage_dropped_total", "counter", load(&self.shipper.dropped)),
+            (
+                "tollgate_gateway_quota_store_reachable",
+                "gauge",
+                u64::from(store_ok),
+            ),
+            (
+                "tollgate_gateway_quota_admitted_total",
+                "counter",
+                load(&st.admitted),
+            ),
+            (
+                "tollgate_gateway_quota_waited_total",
+                "counter",
+                load(&st.waited),
+            ),
+            (
+                "tollgate_gateway_quota_denied_rate_total",
+                "counter",
+                load(&st.denied_rate),
+            ),
+            (
+                "tollgate_gateway_quota_denied_quota_total",
+                "counter",
+                load(&st.denied_quota),
+            ),
+            (
+                "tollgate_gateway_quota_denied_store_total",
+                "counter",
+                load(&st.denied_store),
+            ),
+            (
+                "tollgate_gateway_quota_unbacked_units_total",
+                "counter",
+                unbacked,
+            ),
+            (
+                "tollgate_gateway_lease_refresh_total",
+                "counter",
+                load(&st.refresh_ok),
+            ),
+            (
+                "tollgate_gateway_lease_refresh_failed_total",
+                "counter",
+                load(&st.refresh_failed),
+            ),
+            (
+                "tollgate_gateway_lease_refresh_last_ms",
+                "gauge",
+                load(&st.last_refresh_ms),
+            ),
+            (
+                "tollgate_gateway_usage_queued",
+                "gauge",
+                self.shipper.len() as u64,
+            ),
+            (
+                "tollgate_gateway_usage_shipped_total",
+                "counter",
+                load(&self.shipper.shipped),
+            ),
+            (
+                "tollgate_gateway_usage_rejected_total",
+                "counter",
+                load(&self.shipper.rejected),
+            ),
+            (
+                "tollgate_gateway_usage_dropped_total",
+                "counter",
+                load(&self.shipper.dropped),
+            ),
         ];
         for (name, kind, v) in lines {
             let _ = writeln!(o, "# TYPE {name} {kind}\n{name} {v}");

@@ -50,6 +50,14 @@ pub fn run(state: &State, applied_index: Option<u64>, q: &AdminQuery) -> Result<
                 .filter(|l| org_match(org, l.scope.org()))
                 .collect::<Vec<_>>(),
         ),
+        AdminQuery::Buckets { org } => Value::Array(
+            state
+                .buckets
+                .iter()
+                .filter(|((k, _), _)| org_match(org, k.scope.org()))
+                .map(|((k, period), b)| bucket_view(state, k, *period, b))
+                .collect(),
+        ),
         AdminQuery::ListTokens => {
             Value::Array(state.tokens.values().map(|t| redact(to_json(t))).collect())
         }
@@ -81,6 +89,31 @@ pub fn run(state: &State, applied_index: Option<u64>, q: &AdminQuery) -> Result<
             "audit_len": state.audit.len(),
             "config_version": state.config_version,
         }),
+    })
+}
+
+fn bucket_view(
+    state: &State,
+    key: &tollgate_types::limits::LimitKey,
+    period: u64,
+    b: &tollgate_ledger::lease::Bucket,
+) -> Value {
+    let leases: Vec<Value> = state
+        .leases
+        .by_id
+        .values()
+        .filter(|l| &l.bucket.0 == key && l.bucket.1 == period)
+        .map(|l| json!({"id": l.id, "holder": l.holder, "amount": l.amount, "remaining": l.remaining(), "reserve": l.reserve}))
+        .collect();
+    json!({
+        "limit": key,
+        "period": period,
+        "checked_limit": b.limit,
+        "settled": b.settled,
+        "held": b.held,
+        "debt": b.debt,
+        "tokens": (tollgate_ledger::lease::kind(key.dimension) == tollgate_ledger::lease::Kind::Rate).then(|| b.tokens()),
+        "leases": leases,
     })
 }
 

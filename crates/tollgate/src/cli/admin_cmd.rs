@@ -167,6 +167,11 @@ pub enum LimitCmd {
         org: Option<String>,
     },
     Delete(LimitKeyArgs),
+    /// Live buckets: settled usage, holds, recorded debt, leases per gateway.
+    Usage {
+        #[arg(long)]
+        org: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -461,6 +466,17 @@ async fn limit(client: &StoreClient, f: Format, c: LimitCmd) -> anyhow::Result<(
             .await
         }
         LimitCmd::Delete(k) => write(client, f, AdminOp::DeleteLimit(k.to_key()?)).await,
+        LimitCmd::Usage { org } => {
+            list(
+                client,
+                f,
+                AdminQuery::Buckets {
+                    org: opt_org(&org)?,
+                },
+                &["limit", "period", "settled", "held", "debt", "tokens"],
+            )
+            .await
+        }
     }
 }
 

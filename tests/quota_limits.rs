@@ -1,0 +1,498 @@
+//! Distributed limits over real processes on loopback: a 3-node store and 3 gateways, with the
+//! simulated upstream as the oracle of what was actually served. Each test states the bound it
+//! checks (docs/design/quotas.md): rate limits admit at most `B + r·(T + TTL + ε)` over a run of
+//! `T`, and at least 97% of what an ideal bucket would; budgets end with usage ≤ budget + debt
+//! (debt 0 when the input estimate is exact); concurrency is never exceeded; a leader crash costs
+//! no quota errors while leases live; a cut-off gateway follows each limit's fail policy.
+
+mod harness;
+
+use harness::fleet::{Fleet, Shot, drive, post, shot};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tollgate_types::lease::LEASE_TTL_MS;
+use tollgate_types::limits::{Dimension, FailPolicy, Limit, Period, Scope};
+use tollgate_types::{OrgId, ProjectId};
+
+fn limit(project: &str, dimension: Dimension, value: u64, fail_policy: FailPolicy) -> Limit {
+    Limit {
+        scope: Scope::Project {
+            org: OrgId::parse("acme").expect("org"),
+            project: ProjectId::parse(project).expect("project"),
+        },
+        model: None,
+        dimension,
+        limit: value,
+        burst: 0,
+        fail_policy,
+        shadow: false,
+    }
+}
+
+/// "tell me something": 3 input tokens for the gateway's estimate and the mock alike.
+fn body(max_tokens: u64) -> Value {
+    json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "tell me something"}],
+        "max_tokens": max_tokens,
+    })
+}
+
+fn count(shots: &[Shot], f: impl Fn(&Shot) -> bool) -> usize {
+    shots.iter().filter(|s| f(s)).count()
+}
+
+fn header<'a>(s: &'a Shot, name: &str) -> Option<&'a str> {
+    s.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+const RPM: u64 = 600;
+const RUN: Duration = Duration::from_secs(30);
+/// ε of the bound: request latency and clock-rate drift, generously.
+const EPSILON_S: f64 = 1.0;
+
+/// A 600 requests/minute project limit hit through three gateways at 40 requests/s in total
+/// (4× the limit), split by `shares`.
+async fn rate_limit_through_three_gateways(shares: [f64; 3]) {
+    let fleet = Fleet::start(
+        3,
+        3,
+        vec![limit(
+            "p1",
+            Dimension::RequestsPerMinute,
+            RPM,
+            FailPolicy::Strict,
+        )],
+        json!({"completion_tokens": 5}),
+    )
+    .await;
+    let offered = 40.0;
+    let rates: Vec<f64> = shares.iter().map(|s| s * offered).collect();
+    let shots = drive(&fleet.addrs(), &rates, &fleet.keys[0], &body(5), RUN);
+    let ok = count(&shots, |s| s.status == 200);
+    let limited = count(&shots, |s| {
+        s.status == 429 && s.code == "rate_limit_exceeded"
+    });
+    assert_eq!(
+        ok + limited,
+        shots.len(),
+        "only 200s and 429 rate_limit_exceeded: {:?}\n{}",
+        shots.iter().find(|s| s.status != 200 && s.status != 429),
+        fleet.logs()
+    );
+    // the bound: depth B = 600, r = 10/s, over T = the run
+    let r = RPM as f64 / 60.0;
+    let t = RUN.as_secs_f64();
+    let bound = RPM as f64 + r * (t + LEASE_TTL_MS as f64 / 1000.0 + EPSILON_S);
+    let ideal = (RPM as f64 + r * t).min(shots.len() as f64);
+    eprintln!(
+        "shares {shares:?}: sent {}, admitted {ok}, ideal {ideal}, bound {bound}, per gateway {:?}",
+        shots.len(),
+        (0..3)
+            .map(|g| count(&shots, |s| s.gateway == g && s.status == 200))
+            .collect::<Vec<_>>()
+    );
+    let per_5s: Vec<usize> = (0..(RUN.as_secs() / 5))
+        .map(|w| count(&shots, |s| s.status == 200 && s.sent.as_secs() / 5 == w))
+        .collect();
+    eprintln!(
+        "admitted per 5 s: {per_5s:?}; gateway 0 status: {}",
+        fleet.quota_status(0)
+    );
+    assert!(ok as f64 <= bound, "admitted {ok} > bound {bound}");
+    assert!(
+        ok as f64 >= 0.97 * ideal,
+        "admitted {ok} < 97% of the {ideal} an exact bucket allows\n{}",
+        fleet.logs()
+    );
+    // water-filling: a gateway asking for less than its fair share gets what it asks for
+    for (g, rate) in rates.iter().enumerate() {
+        let sent = count(&shots, |s| s.gateway == g);
+        let got = count(&shots, |s| s.gateway == g && s.status == 200);
+        if *rate < r / 3.0 {
+            assert!(
+                got as f64 >= 0.9 * sent as f64,
+                "gateway {g} sent {sent} below its fair share but got only {got}"
+            );
+        }
+    }
+    // headers on both answers; 429s say when to come back
+    for s in &shots {
+        assert_eq!(
+            header(s, "x-ratelimit-limit-requests"),
+            Some("600"),
+            "{s:?}"
+        );
+        let remaining: u64 = header(s, "x-ratelimit-remaining-requests")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("remaining header: {s:?}"));
+        assert!(remaining <= RPM);
+        assert!(header(s, "x-ratelimit-reset-requests").is_some());
+        if s.status == 429 {
+            assert!(header(s, "retry-after").is_some(), "{s:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_with_skewed_load_90_5_5() {
+    rate_limit_through_three_gateways([0.9, 0.05, 0.05]).await;
+}
+
+#[tokio::test]
+async fn rate_limit_with_even_load() {
+    rate_limit_through_three_gateways([1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]).await;
+}
+
+/// Sends until every client saw `quiet` of nothing but refusals; returns every result.
+fn exhaust(
+    fleet: &Fleet,
+    key: &str,
+    body: &Value,
+    clients_per_gw: usize,
+    quiet: Duration,
+) -> Vec<Shot> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(90);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..fleet.gateways.len() * clients_per_gw)
+            .map(|i| {
+                let gi = i % fleet.gateways.len();
+                let addr = fleet.gateways[gi].0.clone();
+                let body = body.to_string();
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut last_ok = Instant::now();
+                    while last_ok.elapsed() < quiet && Instant::now() < deadline {
+                        let sent = start.elapsed();
+                        let r = post(&addr, key, &body);
+                        if r.status == 200 {
+                            last_ok = Instant::now();
+                        } else {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        out.push(shot(sent, gi, &r));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    })
+}
+
+/// Waits until the store's bucket for `dimension` settled `want` (usage ships with refreshes).
+async fn settled_bucket(fleet: &Fleet, want: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let buckets = fleet.buckets().await;
+        if let Some(b) = buckets
+            .iter()
+            .find(|b| b["limit"]["dimension"].get("token_budget").is_some())
+            && b["settled"].as_u64() == Some(want)
+        {
+            return b.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "settled usage never reached {want}: {buckets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_token_budget_consumed_through_three_gateways_ends_exactly() {
+    const BUDGET: u64 = 3_000;
+    let fleet = Fleet::start(
+        3,
+        3,
+        vec![limit(
+            "p1",
+            Dimension::TokenBudget {
+                period: Period::Total,
+            },
+            BUDGET,
+            FailPolicy::Strict,
+        )],
+        json!({"completion_tokens": 20}),
+    )
+    .await;
+    // 3 input + 20 output tokens per request, exactly what the gateway reserves
+    let per_request = 23;
+    let shots = exhaust(&fleet, &fleet.keys[0], &body(20), 3, Duration::from_secs(4));
+    let ok = count(&shots, |s| s.status == 200) as u64;
+    let refused = count(&shots, |s| {
+        s.status == 429 && s.code == "insufficient_quota"
+    });
+    assert_eq!(
+        ok as usize + refused,
+        shots.len(),
+        "only 200s and 429 insufficient_quota: {:?}",
+        shots.iter().find(|s| s.status != 200 && s.status != 429)
+    );
+    let stats = fleet.mock_stats();
+    let served = stats["prompt_tokens"].as_u64().expect("prompt")
+        + stats["completion_tokens"].as_u64().expect("completion");
+    assert_eq!(
+        stats["requests"].as_u64(),
+        Some(ok),
+        "every admitted request was served once"
+    );
+    assert_eq!(served, ok * per_request);
+    let bucket = settled_bucket(&fleet, served).await;
+    let debt = bucket["debt"].as_u64().expect("debt");
+    eprintln!(
+        "budget {BUDGET}: served {served} tokens in {ok} requests, debt {debt}, bucket {bucket}"
+    );
+    assert_eq!(debt, 0, "the input estimate is exact: no debt");
+    assert!(
+        served <= BUDGET + debt,
+        "usage {served} > budget {BUDGET} + debt {debt}"
+    );
+    assert!(
+        BUDGET - served < per_request,
+        "the budget ends exactly: {} tokens left, less than one request ({per_request})",
+        BUDGET - served
+    );
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_is_never_exceeded_across_gateways() {
+    const SLOTS: u64 = 4;
+    let fleet = Fleet::start(
+        3,
+        3,
+        vec![limit(
+            "p1",
+            Dimension::ConcurrentRequests,
+            SLOTS,
+            FailPolicy::Strict,
+        )],
+        json!({"completion_tokens": 5, "ttft_ms": 150}),
+    )
+    .await;
+    let start = Instant::now();
+    let shots: Vec<Shot> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..9)
+            .map(|i| {
+                let gi = i % 3;
+                let addr = fleet.gateways[gi].0.clone();
+                let key = fleet.keys[0].clone();
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    while start.elapsed() < Duration::from_secs(8) {
+                        let r = post(&addr, &key, &body(5).to_string());
+                        out.push(shot(start.elapsed(), gi, &r));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let ok = count(&shots, |s| s.status == 200);
+    let limited = count(&shots, |s| {
+        s.status == 429 && s.code == "rate_limit_exceeded"
+    });
+    assert_eq!(ok + limited, shots.len());
+    let peak = fleet.mock_stats()["inflight_max"]
+        .as_u64()
+        .expect("inflight_max");
+    eprintln!("concurrency {SLOTS}: {ok} served, {limited} refused, upstream peak {peak}");
+    eprintln!("store buckets: {:?}", fleet.buckets().await);
+    for g in 0..3 {
+        eprintln!("gateway {g}: {}", fleet.quota_status(g));
+    }
+    assert!(
+        peak <= SLOTS,
+        "the upstream saw {peak} concurrent requests > {SLOTS}"
+    );
+    assert!(peak >= 2, "the limit was exercised (peak {peak})");
+    assert!(limited > 0, "the limit was binding");
+    // liveness: slots come back after each request (10 times the limit served, of ~200 possible)
+    assert!(
+        ok as u64 >= 10 * SLOTS,
+        "only {ok} served: slots are not coming back"
+    );
+}
+
+#[tokio::test]
+async fn killing_the_store_leader_under_load_causes_no_quota_errors() {
+    let fleet = Fleet::start(
+        3,
+        3,
+        vec![
+            limit(
+                "p1",
+                Dimension::RequestsPerMinute,
+                60_000,
+                FailPolicy::Strict,
+            ),
+            limit(
+                "p1",
+                Dimension::TokenBudget {
+                    period: Period::Month,
+                },
+                100_000_000,
+                FailPolicy::Strict,
+            ),
+        ],
+        json!({"completion_tokens": 5}),
+    )
+    .await;
+    let leader = fleet.cluster.leader_id().await;
+    let mut fleet = fleet;
+    let (addrs, key) = (fleet.addrs(), fleet.keys[0].clone());
+    let driver = std::thread::spawn(move || {
+        drive(
+            &addrs,
+            &[4.0, 4.0, 4.0],
+            &key,
+            &body(5),
+            Duration::from_secs(16),
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fleet.cluster.node(leader).kill9();
+    let shots = driver.join().expect("driver");
+    let new_leader = fleet.cluster.leader_id().await;
+    let bad: Vec<&Shot> = shots.iter().filter(|s| s.status != 200).collect();
+    eprintln!(
+        "leader {leader} killed at 5 s, new leader {new_leader}: {} requests, {} not 200",
+        shots.len(),
+        bad.len()
+    );
+    assert_ne!(new_leader, leader);
+    assert!(
+        bad.is_empty(),
+        "no quota (or any) errors while leases live: {:?}\n{}",
+        bad.first(),
+        fleet.logs()
+    );
+    // the gateways kept refreshing through the new leader
+    for g in 0..3 {
+        let st = fleet.quota_status(g);
+        assert_eq!(st["store_reachable"], json!(true), "{st}");
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
+    // p1 strict, p2 reserve (5 requests per gateway), p3 open; all 600 requests per minute
+    let fleet = Fleet::start(
+        3,
+        1,
+        vec![
+            limit("p1", Dimension::RequestsPerMinute, RPM, FailPolicy::Strict),
+            limit(
+                "p2",
+                Dimension::RequestsPerMinute,
+                RPM,
+                FailPolicy::Reserve { per_gateway: 5 },
+            ),
+            limit("p3", Dimension::RequestsPerMinute, RPM, FailPolicy::Open),
+        ],
+        json!({"completion_tokens": 5}),
+    )
+    .await;
+    let gw = fleet.gateways[0].0.clone();
+    let keys = fleet.keys.clone();
+    let send = |k: usize| post(&gw, &keys[k], &body(5).to_string());
+    // some demand first, so each gateway lease covers a few seconds of it
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for k in 0..3 {
+            assert_eq!(send(k).status, 200, "well under the limits");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let st = fleet.quota_status(0);
+        let covered = st["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .all(|b| b["local_available"].as_u64().unwrap_or(0) >= 3);
+        if covered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leases never covered the demand: {st}"
+        );
+    }
+    let mut fleet = fleet;
+    let ids: Vec<u64> = fleet.cluster.nodes.iter().map(|n| n.id).collect();
+    for id in ids {
+        fleet.cluster.node(id).kill9();
+    }
+    // within the lease: everything is still admitted on the leases
+    for k in 0..3 {
+        assert_eq!(
+            send(k).status,
+            200,
+            "a live lease admits while the store is gone"
+        );
+    }
+    // past the TTL (and a failed refresh): the policies take over
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = fleet.quota_status(0);
+        let states: Vec<String> = st["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|b| b["state"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if st["store_reachable"] == json!(false) && states.iter().all(|s| s != "lease") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leases never lapsed: {st}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // strict: denied, and says why
+    let r = send(0);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "store_unavailable");
+    // reserve: exactly the reserve, then refused
+    let reserve: Vec<u16> = (0..8).map(|_| send(1).status).collect();
+    assert_eq!(
+        reserve,
+        vec![200, 200, 200, 200, 200, 429, 429, 429],
+        "reserve of 5"
+    );
+    // open: admitted and flagged
+    for _ in 0..4 {
+        assert_eq!(send(2).status, 200);
+    }
+    let st = fleet.quota_status(0);
+    let open = st["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .find(|b| b["fail_policy"] == json!("open"))
+        .expect("open bucket");
+    assert_eq!(open["state"], "open");
+    assert_eq!(open["unbacked_units"], 4, "{st}");
+    let text = harness::gateway::http(&gw, "GET", "/metrics", &[], "").body;
+    assert!(
+        text.contains("tollgate_gateway_quota_store_reachable 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tollgate_gateway_quota_buckets{state=\"open\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tollgate_gateway_quota_unbacked_units_total 4"),
+        "{text}"
+    );
+}
