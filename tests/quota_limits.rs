@@ -289,6 +289,10 @@ async fn a_concurrency_limit_is_never_exceeded_across_gateways() {
                     let mut out = Vec::new();
                     while start.elapsed() < Duration::from_secs(8) {
                         let r = post(&addr, &key, &body(5).to_string());
+                        if r.status != 200 {
+                            // a client that was refused backs off a little
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
                         out.push(shot(start.elapsed(), gi, &r));
                     }
                     out
@@ -304,7 +308,12 @@ async fn a_concurrency_limit_is_never_exceeded_across_gateways() {
     let limited = count(&shots, |s| {
         s.status == 429 && s.code == "rate_limit_exceeded"
     });
-    assert_eq!(ok + limited, shots.len());
+    assert_eq!(
+        ok + limited,
+        shots.len(),
+        "only 200s and 429 rate_limit_exceeded: {:?}",
+        shots.iter().find(|s| s.status != 200 && s.status != 429)
+    );
     let peak = fleet.mock_stats()["inflight_max"]
         .as_u64()
         .expect("inflight_max");
@@ -495,4 +504,148 @@ async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
         text.contains("tollgate_gateway_quota_unbacked_units_total 4"),
         "{text}"
     );
+}
+
+/// One gateway: limits added, changed and removed at run time; OpenAI's headers and error codes;
+/// `max_tokens` clamped to the reservation; shadow limits measure without refusing.
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_change_at_run_time_and_answer_like_openai() {
+    use harness::gateway::{Stack, http, model};
+    use tollgate_types::admin::AdminOp;
+    let s = Stack::start(1, |m| vec![model("m", &[&[&m[0]]])], &[]).await;
+    s.behave(0, json!({"completion_tokens": 16}));
+    let client = s.cluster.client();
+    let web = |dimension, value, shadow| Limit {
+        shadow,
+        ..limit("web", dimension, value, FailPolicy::Strict)
+    };
+    let no_max =
+        json!({"model": "m", "messages": [{"role": "user", "content": "tell me something"}]});
+    let r = s.chat(no_max.clone());
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-ratelimit-limit-requests"),
+        None,
+        "no limit, no headers"
+    );
+    let last = || http(s.mock(0), "GET", "/mock/last_request", &[], "").json();
+    assert!(
+        last().get("max_tokens").is_none(),
+        "nothing to clamp without a limit"
+    );
+
+    // a rate limit of 3 per minute: three pass with headers, the fourth is a rate limit
+    let v = client
+        .write(&AdminOp::PutLimit(web(
+            Dimension::RequestsPerMinute,
+            3,
+            false,
+        )))
+        .await
+        .expect("put")
+        .config_version;
+    s.wait_config(v);
+    for _ in 0..3 {
+        let r = s.chat(no_max.clone());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+    }
+    let r = s.chat(no_max.clone());
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(r.json()["error"]["type"], "requests");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!(
+        (1..=20).contains(&retry),
+        "one request refills in 20 s: {retry}"
+    );
+
+    // swapped for a token budget of 100: without max_tokens the upstream gets the reserved
+    // default (16), so each request costs exactly 3 + 16 = 19; five fit, the sixth is quota
+    client
+        .write(&AdminOp::DeleteLimit(
+            web(Dimension::RequestsPerMinute, 3, false).key(),
+        ))
+        .await
+        .expect("delete");
+    let budget = Dimension::TokenBudget {
+        period: Period::Total,
+    };
+    let v = client
+        .write(&AdminOp::PutLimit(web(budget, 100, false)))
+        .await
+        .expect("put")
+        .config_version;
+    s.wait_config(v);
+    for i in 0..5 {
+        let r = s.chat(no_max.clone());
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(last()["max_tokens"], 16, "clamped to the reservation");
+    }
+    let r = s.chat(no_max.clone());
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+    assert_eq!(r.json()["error"]["type"], "insufficient_quota");
+    assert!(
+        r.header("retry-after").is_none(),
+        "a spent budget does not refill"
+    );
+
+    // the budget raised at run time: admitted again without a restart
+    let v = client
+        .write(&AdminOp::PutLimit(web(budget, 1_000, false)))
+        .await
+        .expect("put")
+        .config_version;
+    s.wait_config(v);
+    let r = s.chat(no_max.clone());
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // shadow: a 1 per minute limit that only measures
+    let v = client
+        .write(&AdminOp::PutLimit(web(
+            Dimension::RequestsPerMinute,
+            1,
+            true,
+        )))
+        .await
+        .expect("put")
+        .config_version;
+    s.wait_config(v);
+    for _ in 0..4 {
+        assert_eq!(
+            s.chat(no_max.clone()).status,
+            200,
+            "shadow limits never refuse"
+        );
+    }
+    let auth = format!("Bearer {}", s.cluster.token);
+    let st = http(
+        &s.gw,
+        "GET",
+        "/admin/quota",
+        &[("authorization", &auth)],
+        "",
+    )
+    .json();
+    let shadow = st["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .find(|b| b["shadow"] == json!(true))
+        .expect("shadow bucket");
+    assert!(shadow["shadow_exceeded"].as_u64().unwrap_or(0) >= 2, "{st}");
+    // the status view is for operators only
+    let r = http(
+        &s.gw,
+        "GET",
+        "/admin/quota",
+        &[("authorization", &format!("Bearer {}", s.key))],
+        "",
+    );
+    assert_eq!(r.status, 403);
 }

@@ -340,7 +340,11 @@ async fn inference(
             }
         },
     };
-    let settlement = admit(gw, &caller, &mut v, request_id).await?;
+    if idem.is_some() {
+        // hashing a large body takes a while: admission checks leases against a fresh time
+        timing.mark("idempotency");
+    }
+    let settlement = admit(gw, &caller, &mut v, request_id, timing.last()).await?;
     timing.mark("admit");
     let fwd = match upstream::forward(gw, &v, request_id, traceparent.as_ref(), deadline).await {
         Ok(f) => f,
@@ -381,16 +385,20 @@ async fn admit(
     caller: &Caller,
     v: &mut Validated,
     request_id: &str,
+    now: Instant,
 ) -> Result<Settlement, GwError> {
     let ticket = gw
         .quota
-        .admit(&AdmitRequest {
-            caller,
-            model: &v.model.def,
-            request_id,
-            input_estimate: v.input_estimate,
-            max_output: v.max_output,
-        })
+        .admit(
+            &AdmitRequest {
+                caller,
+                model: &v.model.def,
+                request_id,
+                input_estimate: v.input_estimate,
+                max_output: v.max_output,
+            },
+            now,
+        )
         .await?;
     if ticket.clamp_output.is_some() && !v.max_tokens_given {
         v.body.insert("max_tokens".into(), json!(v.max_tokens));
@@ -422,7 +430,7 @@ fn respond_whole(
     idem: Option<IdemGuard<'_>>,
     out: &mut Outcome,
 ) -> Answer {
-    let headers: Vec<_> = settlement.headers().to_vec();
+    let headers = settlement.headers();
     if !whole.status.is_success() {
         // the upstream refused the request itself (4xx): relay it, bill nothing
         out.relayed_client_error = true;

@@ -4,7 +4,6 @@
 //! one concurrency slot) in every limit that applies to it, all at once or none.
 
 use crate::phases::auth::Caller;
-use crate::quota::Hold;
 use hyper::header::{HeaderName, HeaderValue};
 use tollgate_types::amount::Price;
 use tollgate_types::config::ModelDef;
@@ -24,7 +23,7 @@ pub struct AdmitRequest<'a> {
 pub struct Ticket {
     /// `x-ratelimit-*` headers for the response.
     pub headers: crate::quota::headers::Headers,
-    pub holds: Vec<Hold>,
+    pub holds: crate::quota::Holds,
     pub price: Price,
     /// An output-counting limit applies: the upstream `max_tokens` must not exceed this.
     pub clamp_output: Option<u64>,
@@ -33,8 +32,8 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    pub fn header_pairs(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.headers.0
+    pub fn header_pairs(&self) -> Vec<(HeaderName, HeaderValue)> {
+        self.headers.pairs()
     }
 }
 

@@ -28,6 +28,11 @@ impl Timing {
     }
 
     /// `Server-Timing` value: `auth;dur=0.012, validate;dur=0.030, …` (milliseconds).
+    /// When the last phase ended (the clock read the next phase can reuse).
+    pub fn last(&self) -> Instant {
+        self.last.unwrap_or_else(Instant::now)
+    }
+
     pub fn header(&self) -> String {
         self.marks
             .iter()

@@ -98,8 +98,11 @@ impl Settlement {
     }
 
     /// The `x-ratelimit-*` headers admission produced.
-    pub fn headers(&self) -> &[(hyper::header::HeaderName, hyper::header::HeaderValue)] {
-        self.ticket.as_ref().map_or(&[], |t| t.header_pairs())
+    pub fn headers(&self) -> Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> {
+        self.ticket
+            .as_ref()
+            .map(|t| t.header_pairs())
+            .unwrap_or_default()
     }
 
     /// Settles with the actual usage.

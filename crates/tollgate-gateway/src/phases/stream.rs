@@ -126,7 +126,7 @@ pub fn relay(
     settlement: Settlement,
     deadline: Instant,
 ) -> Response<Body> {
-    let headers: Vec<_> = settlement.headers().to_vec();
+    let headers = settlement.headers();
     let Forwarded {
         resp,
         conn,

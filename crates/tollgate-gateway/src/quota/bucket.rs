@@ -200,16 +200,16 @@ impl Inner {
     }
 
     fn check_enforced(&self, amount: u64, now: Instant, store_ok: bool) -> Result<Source, Short> {
-        let live = match self.kind {
-            Kind::Rate => self.gens.iter().any(|g| now < g.until),
-            _ => self.lease_live(now),
-        };
         if self.local_left(now) >= amount {
             return Ok(match self.kind {
                 Kind::Rate => Source::Rate,
                 _ => Source::Lease(self.lease_gen),
             });
         }
+        let live = match self.kind {
+            Kind::Rate => self.gens.iter().any(|g| now < g.until),
+            _ => self.lease_live(now),
+        };
         if store_ok || live {
             if self.exhausted_until.is_some_and(|u| now < u) {
                 return Err(Short::Exhausted);
@@ -247,8 +247,15 @@ impl Inner {
 
     /// Consumes from the oldest live grants first; what they cannot cover is overrun.
     fn take_rate(&mut self, mut amount: u64, now: Instant) {
-        self.gens.retain(|g| now < g.until && g.left > 0);
-        for g in self.gens.iter_mut() {
+        // grants expire in the order they came: drop spent and expired ones from the front
+        while self
+            .gens
+            .front()
+            .is_some_and(|g| now >= g.until || g.left == 0)
+        {
+            self.gens.pop_front();
+        }
+        for g in self.gens.iter_mut().filter(|g| now < g.until) {
             let t = amount.min(g.left);
             g.left -= t;
             amount -= t;

@@ -9,19 +9,39 @@ use std::sync::MutexGuard;
 use std::time::Instant;
 use tollgate_types::limits::Dimension;
 
-/// Which dimensions a header family covers.
-type Family = fn(Dimension) -> bool;
+/// One header family's numbers; rendered only when a response is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_ms: u64,
+}
 
-#[derive(Debug, Default, Clone)]
-pub struct Headers(pub Vec<(HeaderName, HeaderValue)>);
+/// The numbers behind `x-ratelimit-*` (no allocation on the admission path).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Headers {
+    pub requests: Option<View>,
+    pub tokens: Option<View>,
+}
 
-/// The tightest bucket of one header family: (limit, remaining).
+fn is_requests(d: Dimension) -> bool {
+    d == Dimension::RequestsPerMinute
+}
+
+fn is_tokens(d: Dimension) -> bool {
+    matches!(
+        d,
+        Dimension::InputTokensPerMinute | Dimension::OutputTokensPerMinute
+    )
+}
+
+/// The tightest non-shadow rate bucket of one family.
 fn tightest(
     applies: &[Applies],
     guards: &[MutexGuard<'_, Inner>],
     now: Instant,
-    family: impl Fn(Dimension) -> bool,
-) -> Option<(u64, u64)> {
+    family: fn(Dimension) -> bool,
+) -> Option<View> {
     applies
         .iter()
         .zip(guards.iter())
@@ -32,9 +52,17 @@ fn tightest(
                 .local_left(now)
                 .saturating_add(g.store_available)
                 .min(limit.saturating_add(g.limit.burst));
-            (limit, remaining)
+            let reset_ms = match limit {
+                0 => 0,
+                l => (l.saturating_sub(remaining) * 60_000).div_ceil(l),
+            };
+            View {
+                limit,
+                remaining,
+                reset_ms,
+            }
         })
-        .min_by_key(|(_, remaining)| *remaining)
+        .min_by_key(|v| v.remaining)
 }
 
 /// `6m0s`, `1.5s`, `20ms`, like OpenAI's reset values.
@@ -53,31 +81,27 @@ impl Headers {
         guards: &[MutexGuard<'_, Inner>],
         now: Instant,
     ) -> Headers {
+        Headers {
+            requests: tightest(applies, guards, now, is_requests),
+            tokens: tightest(applies, guards, now, is_tokens),
+        }
+    }
+
+    /// The header lines.
+    pub fn pairs(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::new();
-        let families: [(&str, Family); 2] = [
-            ("requests", |d| d == Dimension::RequestsPerMinute),
-            ("tokens", |d| {
-                matches!(
-                    d,
-                    Dimension::InputTokensPerMinute | Dimension::OutputTokensPerMinute
-                )
-            }),
-        ];
-        for (name, family) in families {
-            let Some((limit, remaining)) = tightest(applies, guards, now, family) else {
-                continue;
-            };
-            let reset_ms = match limit {
-                0 => 0,
-                l => (l.saturating_sub(remaining) * 60_000).div_ceil(l),
-            };
+        for (name, view) in [("requests", self.requests), ("tokens", self.tokens)] {
+            let Some(v) = view else { continue };
             let values = [
-                (format!("x-ratelimit-limit-{name}"), limit.to_string()),
+                (format!("x-ratelimit-limit-{name}"), v.limit.to_string()),
                 (
                     format!("x-ratelimit-remaining-{name}"),
-                    remaining.to_string(),
+                    v.remaining.to_string(),
                 ),
-                (format!("x-ratelimit-reset-{name}"), format_reset(reset_ms)),
+                (
+                    format!("x-ratelimit-reset-{name}"),
+                    format_reset(v.reset_ms),
+                ),
             ];
             for (k, v) in values {
                 if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
@@ -85,7 +109,7 @@ impl Headers {
                 }
             }
         }
-        Headers(out)
+        out
     }
 }
 

@@ -18,6 +18,7 @@ use crate::phases::admit::{AdmitRequest, Ticket, Usage};
 use arc_swap::ArcSwap;
 use bucket::{Inner, Kind, LocalBucket, Short, Source};
 use plan::{Applies, Plan};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,6 +62,12 @@ pub struct QuotaStats {
     pub refresh_failed: AtomicU64,
     pub last_refresh_ms: AtomicU64,
 }
+
+/// Limits per request handled without a heap allocation.
+const INLINE: usize = 4;
+
+/// A request's reservations.
+pub type Holds = SmallVec<[Hold; INLINE]>;
 
 /// One reservation in one bucket.
 #[derive(Debug)]
@@ -114,17 +121,28 @@ impl Quota {
         self.plan.store(Arc::new(plan));
     }
 
+    /// The limits of `key_id` that apply to a request for `model` (`None`: all of them).
+    pub fn plan_for(
+        &self,
+        key_id: &str,
+        model: Option<&tollgate_types::ModelName>,
+    ) -> Vec<Applies> {
+        let plan = self.plan.load();
+        plan.get(key_id).map_or_else(Vec::new, |list| {
+            list.iter()
+                .filter(|a| match (&a.model, model) {
+                    (Some(m), Some(want)) => m == want,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                })
+                .cloned()
+                .collect()
+        })
+    }
+
     /// The limits that apply to a request and what it reserves in each.
     pub fn applicable(&self, req: &AdmitRequest<'_>) -> (Vec<Applies>, Vec<u64>) {
-        let plan = self.plan.load();
-        let Some(list) = plan.get(req.caller.key.id.as_str()) else {
-            return (Vec::new(), Vec::new());
-        };
-        let applies: Vec<Applies> = list
-            .iter()
-            .filter(|a| a.model.as_ref().is_none_or(|m| m == &req.model.name))
-            .cloned()
-            .collect();
+        let applies = self.plan_for(req.caller.key.id.as_str(), Some(&req.model.name));
         let amounts = applies
             .iter()
             .map(|a| {
@@ -141,17 +159,24 @@ impl Quota {
 
     /// Admits a request: locally when its leases cover it, else after (at most `admit_wait`
     /// of) waiting for a refresh, else refused with the reason of the first limit that refused.
-    pub async fn admit(&self, req: &AdmitRequest<'_>) -> Result<Ticket, GwError> {
+    /// `now` is a monotonic time read just before (no await in between), reused so the common
+    /// path reads no clock of its own.
+    pub async fn admit(&self, req: &AdmitRequest<'_>, now: Instant) -> Result<Ticket, GwError> {
         let (applies, amounts) = self.applicable(req);
         let clamp = applies
             .iter()
             .any(|a| plan::counts_output(a.dimension) && !a.bucket.lock().limit.shadow);
-        let deadline = Instant::now() + self.settings.admit_wait;
+        let deadline = now + self.settings.admit_wait;
+        // a slow store is not a quota decision: past the wait, keep waiting (bounded) until a
+        // refresh that saw this request's want has completed
+        let hard_deadline = deadline + rpc::CALL_DEADLINE;
+        let start_gen = *self.refreshed.borrow();
         let mut first = true;
         let mut waiting: Option<WaitGuard<'_>> = None;
         loop {
             let mut rx = self.refreshed.subscribe();
-            match self.try_admit(&applies, &amounts, first) {
+            let at = if first { now } else { Instant::now() };
+            match self.try_admit(&applies, &amounts, first, at) {
                 Ok((holds, headers)) => {
                     self.stats.admitted.fetch_add(1, Ordering::Relaxed);
                     return Ok(Ticket {
@@ -162,13 +187,20 @@ impl Quota {
                         clamp_output: clamp.then_some(req.max_output),
                     });
                 }
-                Err(d) if d.short == Short::Wait && Instant::now() < deadline => {
+                Err(d) if d.short == Short::Wait => {
+                    // two completed refreshes: the second began after this want was registered
+                    let answered = *rx.borrow() >= start_gen + 2;
+                    let now = Instant::now();
+                    if (answered && now >= deadline) || now >= hard_deadline {
+                        return Err(self.deny(d, &applies, &amounts));
+                    }
                     if waiting.is_none() {
                         self.stats.waited.fetch_add(1, Ordering::Relaxed);
                         waiting = Some(WaitGuard::new(&applies, &amounts));
                     }
                     self.kick.notify_one();
-                    let _ = tokio::time::timeout_at(deadline.into(), rx.changed()).await;
+                    let until = if answered { deadline } else { hard_deadline };
+                    let _ = tokio::time::timeout_at(until.into(), rx.changed()).await;
                 }
                 Err(d) => return Err(self.deny(d, &applies, &amounts)),
             }
@@ -176,22 +208,24 @@ impl Quota {
         }
     }
 
-    /// The local decision: locks the request's buckets in order, checks every one, then takes
-    /// from all of them. No I/O, no allocation beyond the returned holds.
+    /// The local decision at monotonic time `now` (which must not be older than the moment of
+    /// the call by more than microseconds: a lease is checked against it): locks the request's
+    /// buckets in order, checks every one, then takes from all of them. No I/O, no clock read,
+    /// no heap allocation for up to four limits.
     pub fn try_admit(
         &self,
         applies: &[Applies],
         amounts: &[u64],
         count_demand: bool,
-    ) -> Result<(Vec<Hold>, headers::Headers), Denial> {
+        now: Instant,
+    ) -> Result<(Holds, headers::Headers), Denial> {
         if applies.is_empty() {
-            return Ok((Vec::new(), headers::Headers::default()));
+            return Ok((Holds::new(), headers::Headers::default()));
         }
-        let now = Instant::now();
         let store_ok = self.store_ok.load(Ordering::Relaxed);
-        let mut guards: Vec<MutexGuard<'_, Inner>> =
+        let mut guards: SmallVec<[MutexGuard<'_, Inner>; INLINE]> =
             applies.iter().map(|a| a.bucket.lock()).collect();
-        let mut srcs = Vec::with_capacity(applies.len());
+        let mut srcs: SmallVec<[Source; INLINE]> = SmallVec::new();
         let mut denial: Option<Denial> = None;
         for (i, g) in guards.iter_mut().enumerate() {
             if count_demand {
@@ -215,7 +249,7 @@ impl Quota {
             }
             return Err(d);
         }
-        let mut holds = Vec::with_capacity(applies.len());
+        let mut holds = Holds::new();
         for (i, g) in guards.iter_mut().enumerate() {
             g.take(srcs[i], amounts[i], now);
             holds.push(Hold {
@@ -266,7 +300,7 @@ impl Quota {
         let now = Instant::now();
         let guards: Vec<MutexGuard<'_, Inner>> = applies.iter().map(|a| a.bucket.lock()).collect();
         let hdrs = headers::Headers::from_buckets(applies, &guards, now);
-        let mut e = GwError::new(code, msg).with_headers(hdrs.0);
+        let mut e = GwError::new(code, msg).with_headers(hdrs.pairs());
         if let Some(r) = retry {
             e = e.retry_after(r);
         }
@@ -275,7 +309,11 @@ impl Quota {
 
     /// Replaces each reservation by what the request actually used.
     pub fn settle(&self, ticket: &mut Ticket, usage: &Usage) {
-        let now = Instant::now();
+        // only rate refunds need the time (to find a live grant)
+        let now = match ticket.holds.iter().any(|h| h.src == Source::Rate) {
+            true => Instant::now(),
+            false => self.started,
+        };
         for h in ticket.holds.drain(..) {
             let actual = match h.dim {
                 Dimension::ConcurrentRequests => 0,

@@ -109,17 +109,28 @@ fn demo_doc(a: SocketAddr, b: SocketAddr) -> anyhow::Result<ConfigDoc> {
             name: "Default".into(),
         }],
         models: vec![model("demo-chat", a, b)?, model("demo-embed", b, a)?],
-        limits: vec![Limit {
-            scope: Scope::Org { org },
-            model: None,
-            dimension: Dimension::TokenBudget {
-                period: Period::Month,
+        limits: vec![
+            Limit {
+                scope: Scope::Org { org: org.clone() },
+                model: None,
+                dimension: Dimension::TokenBudget {
+                    period: Period::Month,
+                },
+                limit: 10_000_000,
+                burst: 0,
+                fail_policy: FailPolicy::Strict,
+                shadow: false,
             },
-            limit: 10_000_000,
-            burst: 0,
-            fail_policy: FailPolicy::Strict,
-            shadow: false,
-        }],
+            Limit {
+                scope: Scope::Org { org },
+                model: None,
+                dimension: Dimension::RequestsPerMinute,
+                limit: 6_000,
+                burst: 0,
+                fail_policy: FailPolicy::Open,
+                shadow: false,
+            },
+        ],
     })
 }
 
