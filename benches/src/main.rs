@@ -42,6 +42,10 @@ enum Target {
         /// Usage records per request (1 = no batching).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Send lease `Acquire`s instead (each client a gateway wanting 3 buckets: requests and
+        /// input tokens per minute, a monthly token budget), carrying `--batch` records (0: none).
+        #[arg(long)]
+        acquire: bool,
     },
     /// HTTP POST of a JSON body over keep-alive HTTP/1.1 connections (one per client): the
     /// gateway, the simulated upstream direct, nginx, TensorZero.
@@ -132,11 +136,23 @@ async fn main() -> anyhow::Result<()> {
             store,
             token,
             batch,
+            acquire,
         } => {
-            let r = store::run(&store, &token, args.clients, conns, batch, duration)
+            let load = store::Load {
+                clients: args.clients,
+                conns,
+                batch,
+                acquire,
+            };
+            let r = store::run(&store, &token, &load, duration)
                 .await
                 .context("store load")?;
-            ("tollgate-store", batch, r)
+            let label = if acquire {
+                "tollgate-store-acquire"
+            } else {
+                "tollgate-store"
+            };
+            (label, batch, r)
         }
         Target::Http { url, key, body } => {
             return http_main(&url, key, body, args.clients, duration).await;

@@ -5,9 +5,11 @@ use crate::{channels, drive};
 use hdrhistogram::Histogram;
 use std::time::Duration;
 use tollgate_client::StoreClient;
-use tollgate_proto::quota::{RecordUsageRequest, quota_client::QuotaClient};
+use tollgate_proto::quota::{AcquireRequest, RecordUsageRequest, quota_client::QuotaClient};
 use tollgate_types::admin::AdminOp;
 use tollgate_types::config::{Org, OrgStatus, Project};
+use tollgate_types::lease::{AcquireBody, Want};
+use tollgate_types::limits::{Dimension, FailPolicy, Limit, LimitKey, Period, Scope};
 use tollgate_types::usage::{UsageRecord, UsageStatus};
 
 async fn setup(client: &StoreClient) -> anyhow::Result<String> {
@@ -83,16 +85,72 @@ fn records(key: &str, run: &str, c: usize, seq: u64, batch: usize) -> anyhow::Re
     Ok(serde_json::to_vec(&recs?)?)
 }
 
+/// What to send.
+pub struct Load {
+    pub clients: usize,
+    pub conns: usize,
+    pub batch: usize,
+    pub acquire: bool,
+}
+
+/// The bench org's limits (large: the load measures the store, not refusals).
+async fn limits(client: &StoreClient) -> anyhow::Result<Vec<LimitKey>> {
+    let mut keys = Vec::new();
+    for dimension in [
+        Dimension::RequestsPerMinute,
+        Dimension::InputTokensPerMinute,
+        Dimension::TokenBudget {
+            period: Period::Month,
+        },
+    ] {
+        let l = Limit {
+            scope: Scope::Org {
+                org: "bench".parse_id()?,
+            },
+            model: None,
+            dimension,
+            limit: 1 << 50,
+            burst: 0,
+            fail_policy: FailPolicy::Strict,
+            shadow: false,
+        };
+        keys.push(l.key());
+        client.write(&AdminOp::PutLimit(l)).await?;
+    }
+    Ok(keys)
+}
+
+fn acquire_body(keys: &[LimitKey], records_json: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let usage: Vec<UsageRecord> = serde_json::from_slice(records_json)?;
+    let body = AcquireBody {
+        usage,
+        returns: vec![],
+        wants: keys
+            .iter()
+            .map(|k| Want {
+                limit: k.clone(),
+                want: 100,
+                unit: 10,
+                overrun: 0,
+            })
+            .collect(),
+    };
+    Ok(serde_json::to_vec(&body)?)
+}
+
 pub async fn run(
     store: &[String],
     token: &str,
-    clients: usize,
-    conns: usize,
-    batch: usize,
+    load: &Load,
     duration: Duration,
 ) -> anyhow::Result<(u64, u64, Histogram<u64>)> {
     let client = StoreClient::new(store.to_vec(), Some(token.to_owned()))?;
     let key = setup(&client).await?;
+    let keys = if load.acquire {
+        limits(&client).await?
+    } else {
+        Vec::new()
+    };
     let status: serde_json::Value = client.leader_status().await?;
     let leader = status["leader"].as_u64();
     let addr = status["members"]
@@ -101,18 +159,33 @@ pub async fn run(
         .and_then(|m| m["addr"].as_str())
         .ok_or_else(|| anyhow::anyhow!("no leader address"))?
         .to_owned();
-    let chans = channels(&addr, conns)?;
+    let chans = channels(&addr, load.conns)?;
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
     let run = uuid::Uuid::new_v4().simple().to_string();
-    Ok(drive(clients, duration, move |c, seq| {
+    let (batch, acquire) = (load.batch, load.acquire);
+    Ok(drive(load.clients, duration, move |c, seq| {
         let mut q = QuotaClient::new(chans[c % chans.len()].clone());
         let body = records(&key, &run, c, seq, batch);
         let auth = auth.clone();
+        let keys = keys.clone();
+        let request_id = format!("b-{c}-{seq}-{}", uuid::Uuid::new_v4().simple());
         async move {
             let Ok(records_json) = body else { return false };
+            if acquire {
+                let Ok(body_json) = acquire_body(&keys, &records_json) else {
+                    return false;
+                };
+                let mut req = tonic::Request::new(AcquireRequest {
+                    gateway_id: format!("load-{c}"),
+                    request_id,
+                    body_json,
+                });
+                req.metadata_mut().insert("authorization", auth);
+                return q.acquire(req).await.is_ok();
+            }
             let mut req = tonic::Request::new(RecordUsageRequest {
                 gateway_id: "load".into(),
-                request_id: format!("b-{c}-{seq}-{}", uuid::Uuid::new_v4().simple()),
+                request_id,
                 records_json,
             });
             req.metadata_mut().insert("authorization", auth);

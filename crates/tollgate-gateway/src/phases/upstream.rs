@@ -61,7 +61,10 @@ pub async fn forward(
             }
             gw.metrics.retry();
         }
-        let picked = match router.pick(&v.model.route, &tried, deadline).await {
+        let picked = match router
+            .pick(&v.model.route, &tried, deadline, v.priority)
+            .await
+        {
             Ok(p) => p,
             Err(e) => return Err(last_err.unwrap_or(e)),
         };

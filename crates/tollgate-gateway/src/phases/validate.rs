@@ -56,8 +56,10 @@ pub struct Validated {
     pub max_tokens_given: bool,
     /// Per choice: the client's `max_tokens`, or the model's default.
     pub max_tokens: u64,
-    /// Input size estimate in tokens (words; the limits issue refines this).
+    /// Input size estimate in tokens (words, as the simulated upstream counts).
     pub input_estimate: u64,
+    /// Priority class when queued for a saturated pool (the org's tier, 0 = highest).
+    pub priority: usize,
 }
 
 /// Most messages, prompts or embedding inputs in one request.
@@ -141,6 +143,7 @@ pub fn validate(
         max_tokens_given,
         max_tokens,
         input_estimate,
+        priority: crate::router::class_of(caller.org.tier),
     })
 }
 

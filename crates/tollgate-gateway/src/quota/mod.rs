@@ -95,6 +95,8 @@ pub struct Quota {
     pub settings: QuotaSettings,
     pub stats: QuotaStats,
     pub started: Instant,
+    /// Most usage records per `Acquire` (halved when the store refuses one, regrown after).
+    pub(crate) batch_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl Quota {
@@ -111,6 +113,7 @@ impl Quota {
             settings,
             stats: QuotaStats::default(),
             started: Instant::now(),
+            batch_limit: std::sync::atomic::AtomicUsize::new(ship::BATCH_MAX),
         }
     }
 

@@ -4,8 +4,8 @@
 //! waits on a short lease or many records are queued. `t0` is taken before the call, so the
 //! gateway stops admitting on a grant before the store can consider it expired.
 
-use super::Quota;
-use super::rpc::StoreRpc;
+use super::rpc::{AcquireError, StoreRpc};
+use super::{Quota, ship};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +15,8 @@ use tollgate_types::limits::LimitKey;
 
 /// Least time between two `Acquire`s of one gateway.
 const MIN_GAP: Duration = Duration::from_millis(10);
+/// Largest `Acquire` body the gateway builds (the store accepts 128 KiB messages).
+const ACQUIRE_BODY_BYTES: usize = 96 << 10;
 /// First retry after a failed refresh.
 const RETRY_MIN: Duration = Duration::from_millis(200);
 /// How long a kick waits for more waiters before sending (micro-batching).
@@ -68,6 +70,7 @@ impl Quota {
         }
         let t0 = Instant::now();
         let usage = body.usage.clone();
+        let shipped = usage.len();
         match rpc.acquire(&body).await {
             Ok(res) => {
                 self.store_ok.store(true, Ordering::Relaxed);
@@ -77,14 +80,31 @@ impl Quota {
                     .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
                 self.shipper.acked(&res.acks);
                 self.apply(&res, t0, &sent);
+                if shipped > 0 {
+                    // grow the batch back after a refusal shrank it
+                    let limit = self.batch_limit.load(Ordering::Relaxed);
+                    self.batch_limit
+                        .store((limit * 2).min(ship::BATCH_MAX), Ordering::Relaxed);
+                }
             }
             Err(e) => {
-                if self.store_ok.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "lease refresh failed; admitting on live leases, then by fail policy");
-                }
                 self.stats.refresh_failed.fetch_add(1, Ordering::Relaxed);
                 self.shipper.requeue(usage);
                 self.restore_overruns(&sent);
+                match e {
+                    AcquireError::Unreachable(_) => {
+                        if self.store_ok.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "lease refresh failed; admitting on live leases, then by fail policy");
+                        }
+                    }
+                    AcquireError::Refused(_) => {
+                        // the store is there but refused this call: ship fewer records next time
+                        let limit = self.batch_limit.load(Ordering::Relaxed);
+                        self.batch_limit
+                            .store((limit / 2).max(1), Ordering::Relaxed);
+                        tracing::error!(error = %e, records = shipped, "lease refresh refused");
+                    }
+                }
             }
         }
         self.refreshed();
@@ -99,10 +119,8 @@ impl Quota {
             .values()
             .cloned()
             .collect();
-        let mut body = AcquireBody {
-            usage: self.shipper.take_batch(),
-            ..Default::default()
-        };
+        let mut body = AcquireBody::default();
+        let mut budget = ACQUIRE_BODY_BYTES;
         let mut sent = Sent {
             wanted: HashMap::new(),
             overruns: Vec::new(),
@@ -144,14 +162,26 @@ impl Quota {
             if closing && overrun == 0 {
                 continue;
             }
-            sent.wanted.insert(b.key.clone(), want);
-            body.wants.push(Want {
+            let w = Want {
                 limit: b.key.clone(),
                 want,
                 unit: g.unit,
                 overrun,
-            });
+            };
+            let len = serde_json::to_vec(&w).map_or(1024, |v| v.len() + 1);
+            if len > budget {
+                // no room this time: the next refresh asks (overruns stay to be reported)
+                g.overrun += overrun;
+                sent.overruns.retain(|(k, _)| k != &b.key);
+                continue;
+            }
+            budget -= len;
+            sent.wanted.insert(b.key.clone(), want);
+            body.wants.push(w);
         }
+        budget = budget.saturating_sub(64 * body.returns.len());
+        let limit = self.batch_limit.load(Ordering::Relaxed);
+        body.usage = self.shipper.take_batch(limit, budget);
         (body, sent)
     }
 

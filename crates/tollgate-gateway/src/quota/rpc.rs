@@ -11,6 +11,36 @@ use tollgate_proto::{ERROR_CODE_METADATA, LEADER_METADATA};
 use tollgate_types::lease::{AcquireBody, AcquireResult};
 use tonic::transport::{Channel, Endpoint};
 
+/// Why an `Acquire` failed.
+#[derive(Debug)]
+pub enum AcquireError {
+    /// No store node answered in time (or none knows a leader): the store is unreachable.
+    Unreachable(String),
+    /// A store answered and refused the call itself (too large, malformed, not authorized).
+    Refused(String),
+}
+
+impl std::fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcquireError::Unreachable(e) => write!(f, "store unreachable: {e}"),
+            AcquireError::Refused(e) => write!(f, "acquire refused: {e}"),
+        }
+    }
+}
+
+/// Whether a gRPC status without a Tollgate error code may succeed on a retry.
+fn transient(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+            | tonic::Code::Unknown
+    )
+}
+
 /// One `Acquire`, all attempts included.
 pub const CALL_DEADLINE: Duration = Duration::from_millis(2_000);
 const RPC_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -63,8 +93,9 @@ impl StoreRpc {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = l;
     }
 
-    pub async fn acquire(&self, body: &AcquireBody) -> Result<AcquireResult, String> {
-        let json = serde_json::to_vec(body).map_err(|e| format!("encoding acquire: {e}"))?;
+    pub async fn acquire(&self, body: &AcquireBody) -> Result<AcquireResult, AcquireError> {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| AcquireError::Refused(format!("encoding acquire: {e}")))?;
         let request_id = uuid::Uuid::now_v7().to_string();
         let deadline = Instant::now() + CALL_DEADLINE;
         let mut next = 0usize;
@@ -89,12 +120,13 @@ impl StoreRpc {
             {
                 req.metadata_mut().insert("authorization", v);
             }
-            let mut client = QuotaClient::new(self.channel(&addr)?);
+            let mut client = QuotaClient::new(self.channel(&addr).map_err(AcquireError::Refused)?);
             match tokio::time::timeout(RPC_TIMEOUT, client.acquire(req)).await {
                 Ok(Ok(resp)) => {
                     self.set_leader(Some(addr));
-                    return serde_json::from_slice(&resp.into_inner().result_json)
-                        .map_err(|e| format!("undecodable acquire result: {e}"));
+                    return serde_json::from_slice(&resp.into_inner().result_json).map_err(|e| {
+                        AcquireError::Refused(format!("undecodable acquire result: {e}"))
+                    });
                 }
                 Ok(Err(status)) => {
                     let code = status
@@ -115,15 +147,16 @@ impl StoreRpc {
                                 tokio::time::sleep(RETRY_PAUSE).await;
                             }
                         }
-                        "" | "store_unavailable" => tokio::time::sleep(RETRY_PAUSE).await,
-                        // refused for good (bad token, bad body): retrying cannot help
-                        _ => return Err(last_err),
+                        "store_unavailable" => tokio::time::sleep(RETRY_PAUSE).await,
+                        "" if transient(status.code()) => tokio::time::sleep(RETRY_PAUSE).await,
+                        // refused for good (too large, bad token, bad body): retrying cannot help
+                        _ => return Err(AcquireError::Refused(last_err)),
                     }
                 }
                 Err(_) => last_err = format!("store {addr}: no answer within {RPC_TIMEOUT:?}"),
             }
         }
         self.set_leader(None);
-        Err(last_err)
+        Err(AcquireError::Unreachable(last_err))
     }
 }

@@ -17,6 +17,11 @@ const KICK_AT: usize = 256;
 /// Most records per `Acquire`.
 pub const BATCH_MAX: usize = 1_000;
 
+/// Encoded size of a record in an `Acquire` body.
+pub fn json_len(r: &UsageRecord) -> usize {
+    serde_json::to_vec(r).map_or(1024, |v| v.len() + 1)
+}
+
 pub struct Shipper {
     queue: Mutex<VecDeque<UsageRecord>>,
     kick: Arc<Notify>,
@@ -48,11 +53,21 @@ impl Shipper {
         self.len() == 0
     }
 
-    /// The next batch to ship (taken out of the queue; `requeue` puts it back on failure).
-    pub fn take_batch(&self) -> Vec<UsageRecord> {
+    /// The next batch to ship, at most `max` records and `bytes` of JSON (taken out of the
+    /// queue; `requeue` puts it back on failure).
+    pub fn take_batch(&self, max: usize, mut bytes: usize) -> Vec<UsageRecord> {
         let mut q = self.q();
-        let n = q.len().min(BATCH_MAX);
-        q.drain(..n).collect()
+        let mut out = Vec::new();
+        while out.len() < max.min(BATCH_MAX) {
+            let Some(r) = q.front() else { break };
+            let len = json_len(r);
+            if len > bytes {
+                break;
+            }
+            bytes -= len;
+            out.extend(q.pop_front());
+        }
+        out
     }
 
     /// Puts an unshipped batch back at the front, in order.

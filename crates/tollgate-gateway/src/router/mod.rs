@@ -42,7 +42,17 @@ pub struct Router {
     pub cfg: Routing,
     released: Notify,
     queued: AtomicUsize,
+    /// Queued requests per priority class (0 = highest).
+    waiting: [AtomicUsize; PRIORITY_CLASSES],
     pub budget: budget::RetryBudget,
+}
+
+/// Priority classes for queued requests: an org's `tier`, 0 (highest) to 3 (and above).
+pub const PRIORITY_CLASSES: usize = 4;
+
+/// The priority class of an org tier.
+pub fn class_of(tier: u8) -> usize {
+    usize::from(tier).min(PRIORITY_CLASSES - 1)
 }
 
 /// A chosen endpoint; holds an in-flight slot until dropped.
@@ -80,6 +90,7 @@ impl Router {
             cfg,
             released: Notify::new(),
             queued: AtomicUsize::new(0),
+            waiting: Default::default(),
         })
     }
 
@@ -139,20 +150,29 @@ impl Router {
     }
 
     /// Picks an endpoint not in `tried`, waiting in the queue (until `deadline`) when every
-    /// candidate is at its concurrency cap.
+    /// candidate is at its concurrency cap. A request of priority `class` never takes a slot
+    /// while a request of a higher class (lower number) waits: freed capacity goes to the
+    /// highest class first.
     pub async fn pick(
         self: &Arc<Self>,
         route: &Route,
         tried: &[usize],
         deadline: Instant,
+        class: usize,
     ) -> Result<Picked, GwError> {
+        let class = class.min(PRIORITY_CLASSES - 1);
         let queue_deadline = deadline.min(Instant::now() + self.cfg.queue_timeout);
         let mut queued = None;
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            match self.choose(route, tried) {
+            let choice = if self.outranked(class) {
+                Choice::Saturated
+            } else {
+                self.choose(route, tried)
+            };
+            match choice {
                 Choice::Picked(tier, endpoint) => {
                     endpoint.state.begin();
                     return Ok(Picked {
@@ -165,7 +185,7 @@ impl Router {
                 Choice::Saturated => {}
             }
             if queued.is_none() {
-                queued = Some(QueueSlot::take(self)?);
+                queued = Some(QueueSlot::take(self, class)?);
             }
             if tokio::time::timeout_at(queue_deadline.into(), released)
                 .await
@@ -174,6 +194,13 @@ impl Router {
                 return Err(overloaded("every endpoint for this model is at capacity"));
             }
         }
+    }
+
+    /// Whether a request of a higher priority class is waiting.
+    fn outranked(&self, class: usize) -> bool {
+        self.waiting[..class]
+            .iter()
+            .any(|w| w.load(Ordering::Acquire) > 0)
     }
 
     fn choose(&self, route: &Route, tried: &[usize]) -> Choice {
@@ -237,23 +264,27 @@ fn overloaded(msg: &str) -> GwError {
     GwError::new(ErrorCode::Overloaded, msg).retry_after(std::time::Duration::from_secs(1))
 }
 
-/// A place in the bounded queue, given back on drop.
-struct QueueSlot<'a>(&'a Router);
+/// A place in the bounded queue (of one priority class), given back on drop.
+struct QueueSlot<'a>(&'a Router, usize);
 
 impl<'a> QueueSlot<'a> {
-    fn take(r: &'a Router) -> Result<QueueSlot<'a>, GwError> {
+    fn take(r: &'a Router, class: usize) -> Result<QueueSlot<'a>, GwError> {
         let prev = r.queued.fetch_add(1, Ordering::Relaxed);
         if prev >= r.cfg.queue_max {
             r.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(overloaded("the gateway is overloaded; retry later"));
         }
-        Ok(QueueSlot(r))
+        r.waiting[class].fetch_add(1, Ordering::AcqRel);
+        Ok(QueueSlot(r, class))
     }
 }
 
 impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
         self.0.queued.fetch_sub(1, Ordering::Relaxed);
+        self.0.waiting[self.1].fetch_sub(1, Ordering::AcqRel);
+        // lower classes held back by this waiter look again
+        self.0.released.notify_waiters();
     }
 }
 
@@ -329,12 +360,12 @@ mod tests {
         r.endpoint("http://a/v1")
             .record(Outcome::Failure, Duration::ZERO, &r.cfg);
         for _ in 0..20 {
-            let p = r.pick(&rt, &[], deadline()).await.expect("pick");
+            let p = r.pick(&rt, &[], deadline(), 0).await.expect("pick");
             assert_eq!(p.endpoint.state.url, "http://b/v1");
         }
         r.endpoint("http://b/v1")
             .record(Outcome::Failure, Duration::ZERO, &r.cfg);
-        let p = r.pick(&rt, &[], deadline()).await.expect("pick");
+        let p = r.pick(&rt, &[], deadline(), 0).await.expect("pick");
         assert_eq!((p.tier, p.endpoint.state.url.as_str()), (1, "http://c/v1"));
     }
 
@@ -342,9 +373,9 @@ mod tests {
     async fn retries_exclude_tried_endpoints_and_give_up_when_none_is_left() {
         let r = Router::new(Routing::default());
         let rt = route(&r, &[&["http://a/v1"]]);
-        let first = r.pick(&rt, &[], deadline()).await.expect("pick");
+        let first = r.pick(&rt, &[], deadline(), 0).await.expect("pick");
         let tried = [Arc::as_ptr(&first.endpoint.state) as usize];
-        let again = r.pick(&rt, &tried, deadline()).await;
+        let again = r.pick(&rt, &tried, deadline(), 0).await;
         assert_eq!(
             again.map(|_| ()).map_err(|e| e.code()),
             Err(ErrorCode::UpstreamError)
@@ -362,7 +393,7 @@ mod tests {
             .record(Outcome::Failure, Duration::ZERO, &r.cfg);
         r.endpoint("http://b/v1")
             .record(Outcome::Failure, Duration::ZERO, &r.cfg);
-        assert!(r.pick(&rt, &[], deadline()).await.is_ok());
+        assert!(r.pick(&rt, &[], deadline(), 0).await.is_ok());
     }
 
     #[tokio::test]
@@ -374,22 +405,58 @@ mod tests {
             ..Routing::default()
         });
         let rt = route(&r, &[&["http://a/v1"]]);
-        let held = r.pick(&rt, &[], deadline()).await.expect("pick");
+        let held = r.pick(&rt, &[], deadline(), 0).await.expect("pick");
         // a waiter gets the slot when it is released
         let r2 = r.clone();
         let rt2 = rt.clone();
         let waiter =
-            tokio::spawn(async move { r2.pick(&rt2, &[], deadline()).await.map(|p| p.tier) });
+            tokio::spawn(async move { r2.pick(&rt2, &[], deadline(), 0).await.map(|p| p.tier) });
         while r.queued() == 0 {
             tokio::task::yield_now().await;
         }
         // the queue (1 place) is full: the next one is shed at once
-        let shed = r.pick(&rt, &[], deadline()).await;
+        let shed = r.pick(&rt, &[], deadline(), 0).await;
         assert_eq!(
             shed.map(|_| ()).map_err(|e| e.code()),
             Err(ErrorCode::Overloaded)
         );
         drop(held);
         assert_eq!(waiter.await.expect("join").map_err(|e| e.code()), Ok(0));
+    }
+
+    #[tokio::test]
+    async fn freed_capacity_goes_to_the_highest_priority_class_first() {
+        let r = Router::new(Routing {
+            endpoint_inflight_max: 1,
+            queue_max: 8,
+            queue_timeout: Duration::from_secs(5),
+            ..Routing::default()
+        });
+        let rt = route(&r, &[&["http://a/v1"]]);
+        let held = r.pick(&rt, &[], deadline(), 0).await.expect("pick");
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let spawn = |class: usize| {
+            let (r, rt, order) = (r.clone(), rt.clone(), order.clone());
+            tokio::spawn(async move {
+                let p = r.pick(&rt, &[], deadline(), class).await.expect("pick");
+                order.lock().expect("order").push(class);
+                // hold the slot briefly so the next waiter has to wait for it
+                tokio::task::yield_now().await;
+                drop(p);
+            })
+        };
+        // a low-priority request queues first, then a high-priority one
+        let low = spawn(3);
+        while r.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let high = spawn(0);
+        while r.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        high.await.expect("join");
+        low.await.expect("join");
+        assert_eq!(*order.lock().expect("order"), vec![0, 3]);
     }
 }
