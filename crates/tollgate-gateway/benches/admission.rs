@@ -34,7 +34,7 @@ fn limit(dimension: Dimension) -> Limit {
 }
 
 /// A quota with `dims` limits on one key, each holding a lease far larger than the bench uses.
-fn setup(dims: &[Dimension]) -> (Quota, Vec<tollgate_gateway::quota::plan::Applies>, Vec<u64>) {
+fn setup(dims: &[Dimension]) -> (Quota, tollgate_gateway::quota::AppliesList, Vec<u64>) {
     let secret = ClusterSecret::generate();
     let key = ApiKeyRecord {
         id: KeyId::parse("live_bench").expect("key"),
@@ -126,6 +126,7 @@ fn bench(c: &mut Criterion) {
                 let mut t = Ticket {
                     headers,
                     holds,
+                    applies: applies.clone(),
                     price: Price::default(),
                     clamp_output: None,
                     unbacked: false,

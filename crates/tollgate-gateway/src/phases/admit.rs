@@ -24,6 +24,8 @@ pub struct Ticket {
     /// `x-ratelimit-*` headers for the response.
     pub headers: crate::quota::headers::Headers,
     pub holds: crate::quota::Holds,
+    /// The limits the holds are in.
+    pub applies: crate::quota::AppliesList,
     pub price: Price,
     /// An output-counting limit applies: the upstream `max_tokens` must not exceed this.
     pub clamp_output: Option<u64>,

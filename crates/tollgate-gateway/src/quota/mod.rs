@@ -69,10 +69,13 @@ const INLINE: usize = 4;
 /// A request's reservations.
 pub type Holds = SmallVec<[Hold; INLINE]>;
 
-/// One reservation in one bucket.
-#[derive(Debug)]
+/// The limits that apply to one request.
+pub type AppliesList = SmallVec<[Applies; INLINE]>;
+
+/// One reservation: in the bucket at `idx` of the ticket's `applies`.
+#[derive(Debug, Clone, Copy)]
 pub struct Hold {
-    pub bucket: Arc<LocalBucket>,
+    pub idx: usize,
     pub src: Source,
     pub amount: u64,
     pub dim: Dimension,
@@ -125,26 +128,15 @@ impl Quota {
     }
 
     /// The limits of `key_id` that apply to a request for `model` (`None`: all of them).
-    pub fn plan_for(
-        &self,
-        key_id: &str,
-        model: Option<&tollgate_types::ModelName>,
-    ) -> Vec<Applies> {
+    pub fn plan_for(&self, key_id: &str, model: Option<&tollgate_types::ModelName>) -> AppliesList {
         let plan = self.plan.load();
-        plan.get(key_id).map_or_else(Vec::new, |list| {
-            list.iter()
-                .filter(|a| match (&a.model, model) {
-                    (Some(m), Some(want)) => m == want,
-                    (Some(_), None) => false,
-                    (None, _) => true,
-                })
-                .cloned()
-                .collect()
+        plan.get(key_id).map_or_else(AppliesList::new, |list| {
+            list.iter().filter(|a| a.covers(model)).cloned().collect()
         })
     }
 
     /// The limits that apply to a request and what it reserves in each.
-    pub fn applicable(&self, req: &AdmitRequest<'_>) -> (Vec<Applies>, Vec<u64>) {
+    pub fn applicable(&self, req: &AdmitRequest<'_>) -> (AppliesList, SmallVec<[u64; INLINE]>) {
         let applies = self.plan_for(req.caller.key.id.as_str(), Some(&req.model.name));
         let amounts = applies
             .iter()
@@ -182,10 +174,12 @@ impl Quota {
             match self.try_admit(&applies, &amounts, first, at) {
                 Ok((holds, headers)) => {
                     self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                    drop(waiting);
                     return Ok(Ticket {
                         unbacked: holds.iter().any(|h| h.src == Source::Unbacked),
                         headers,
                         holds,
+                        applies,
                         price: req.model.price,
                         clamp_output: clamp.then_some(req.max_output),
                     });
@@ -256,7 +250,7 @@ impl Quota {
         for (i, g) in guards.iter_mut().enumerate() {
             g.take(srcs[i], amounts[i], now);
             holds.push(Hold {
-                bucket: applies[i].bucket.clone(),
+                idx: i,
                 src: srcs[i],
                 amount: amounts[i],
                 dim: applies[i].dimension,
@@ -317,7 +311,7 @@ impl Quota {
             true => Instant::now(),
             false => self.started,
         };
-        for h in ticket.holds.drain(..) {
+        for h in std::mem::take(&mut ticket.holds) {
             let actual = match h.dim {
                 Dimension::ConcurrentRequests => 0,
                 d => plan::reservation(
@@ -327,7 +321,9 @@ impl Quota {
                     &ticket.price,
                 ),
             };
-            h.bucket.lock().settle(h.src, h.amount, actual, now);
+            if let Some(a) = ticket.applies.get(h.idx) {
+                a.bucket.lock().settle(h.src, h.amount, actual, now);
+            }
         }
     }
 

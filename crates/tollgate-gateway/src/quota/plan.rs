@@ -9,12 +9,22 @@ use tollgate_types::amount::Price;
 use tollgate_types::config::ApiKeyRecord;
 use tollgate_types::limits::{Dimension, Limit, LimitKey, Scope};
 
-/// A limit that applies to a key, with its local bucket.
+/// A limit that applies to a key, with its local bucket (its key names the model, if any).
 #[derive(Debug, Clone)]
 pub struct Applies {
-    pub model: Option<ModelName>,
     pub bucket: Arc<LocalBucket>,
     pub dimension: Dimension,
+}
+
+impl Applies {
+    /// Whether the limit covers requests for `model` (`None`: only unnarrowed limits).
+    pub fn covers(&self, model: Option<&ModelName>) -> bool {
+        match (&self.bucket.key.model, model) {
+            (Some(m), Some(want)) => m == want,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
 }
 
 /// Per key id: the limits that may apply, in lock order.
@@ -52,7 +62,6 @@ pub fn build(
                 Scope::Key { org, key } => org == &k.org && key == &k.id,
             })
             .map(|b| Applies {
-                model: b.key.model.clone(),
                 bucket: b.clone(),
                 dimension: b.key.dimension,
             })
