@@ -19,6 +19,8 @@ pub struct Fleet {
     pub cluster: Cluster,
     pub mock: (String, Proc),
     pub gateways: Vec<(String, Proc)>,
+    /// How each gateway was started (to restart it on the same data dir).
+    pub gateway_args: Vec<Vec<String>>,
     /// One API key per project, in `PROJECTS` order.
     pub keys: Vec<String>,
 }
@@ -68,6 +70,7 @@ impl Fleet {
         for p in PROJECTS {
             keys.push(create_key(&client, "acme", p, vec![]).await);
         }
+        let mut gateway_args = Vec::new();
         let gateways: Vec<(String, Proc)> = (0..n_gateways)
             .map(|i| {
                 let addr = format!("127.0.0.1:{}", free_port());
@@ -85,6 +88,7 @@ impl Fleet {
                     format!("gw-{i}"),
                 ];
                 let p = Proc::spawn(&args, dir.join(format!("gateway-{i}.log")));
+                gateway_args.push(args);
                 (addr, p)
             })
             .collect();
@@ -98,8 +102,19 @@ impl Fleet {
             cluster,
             mock: (mock_addr, mock_proc),
             gateways,
+            gateway_args,
             keys,
         }
+    }
+
+    /// Starts gateway `i` again with its arguments (same id, same data dir); waits until ready.
+    pub fn restart_gateway(&mut self, i: usize) {
+        self.gateways[i].1.kill();
+        let dir = self.cluster.dir.path().to_path_buf();
+        let log = dir.join(format!("gateway-{i}-restarted.log"));
+        let p = Proc::spawn(&self.gateway_args[i], log);
+        wait_http(&self.gateways[i].0, "/readyz", 200, &p);
+        self.gateways[i].1 = p;
     }
 
     pub fn mock_stats(&self) -> Value {

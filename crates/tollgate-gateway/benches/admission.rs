@@ -57,7 +57,7 @@ fn setup(dims: &[Dimension]) -> (Quota, tollgate_gateway::quota::AppliesList, Ve
         models: vec![],
         limits: dims.iter().map(|d| limit(*d)).collect(),
     };
-    let q = Quota::new(QuotaSettings::default());
+    let q = Quota::new(QuotaSettings::default(), None);
     q.install(&cfg);
     let now = Instant::now();
     for (i, b) in q.buckets.lock().expect("buckets").values().enumerate() {

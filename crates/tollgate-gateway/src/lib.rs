@@ -6,6 +6,7 @@
 pub mod body;
 pub mod error;
 pub mod idempotency;
+pub mod journal;
 pub mod metrics;
 pub mod phases;
 pub mod pipeline;
@@ -34,6 +35,8 @@ pub struct Gw {
     pub client: upstream::UpstreamClient,
     pub quota: Arc<Quota>,
     pub settler: Arc<dyn Settler>,
+    /// The usage journal (`<data-dir>/journal`).
+    pub journal: Arc<journal::Journal>,
     pub idempotency: idempotency::Idempotency,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -44,6 +47,10 @@ pub struct GatewayHandle {
     pub gw: Arc<Gw>,
     stop: signal::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    syncer: (
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +69,11 @@ pub enum StartError {
     Tls(String),
     #[error("no store address: pass --store host:port[,host:port...]")]
     NoStore,
+    #[error("opening the usage journal in {path}: {source}")]
+    Journal {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Starts a gateway: admission on leases from the store, usage records shipped with each
@@ -93,7 +105,15 @@ pub async fn start_with(
         addr: settings.listen,
         source,
     })?;
-    let quota = Arc::new(Quota::new(settings.quota.clone()));
+    let journal_dir = settings.data_dir.join("journal");
+    let (journal, replay) =
+        journal::Journal::open(&journal_dir).map_err(|source| StartError::Journal {
+            path: journal_dir.display().to_string(),
+            source,
+        })?;
+    let journal = Arc::new(journal);
+    let quota = Arc::new(Quota::new(settings.quota.clone(), Some(journal.clone())));
+    resume(&quota, &journal, replay);
     let settler = settler.unwrap_or_else(|| quota.shipper.clone());
     let holder = format!("{}:{}", settings.gateway_id, incarnation());
     let rpc = quota::rpc::StoreRpc::new(
@@ -112,6 +132,7 @@ pub async fn start_with(
         snapshot: ArcSwapOption::empty(),
         quota,
         settler,
+        journal: journal.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
     });
     let (stop, stop_rx) = signal::channel(false);
@@ -126,12 +147,42 @@ pub async fn start_with(
         )),
     ];
     tracing::info!(%addr, gateway = %gw.settings.gateway_id, %holder, "gateway listening");
+    let stop_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let syncer = (stop_sync.clone(), journal.start_syncer(stop_sync));
     Ok(GatewayHandle {
         addr,
         gw,
         stop,
         tasks,
+        syncer,
     })
+}
+
+/// Queues what the journal holds from a previous run: unacknowledged records with their
+/// original ids, and reservations that never settled, settled now as `InDoubt`.
+fn resume(quota: &Quota, journal: &journal::Journal, replay: journal::Replay) {
+    use phases::settle::Settler as _;
+    if replay.torn_bytes > 0 {
+        tracing::warn!(
+            bytes = replay.torn_bytes,
+            "journal: cut a torn tail left by a crash"
+        );
+    }
+    if !replay.unacked.is_empty() || !replay.in_doubt.is_empty() {
+        tracing::info!(
+            unacknowledged = replay.unacked.len(),
+            in_doubt = replay.in_doubt.len(),
+            acked_up_to = journal.acked(),
+            "journal: shipping what a previous run left"
+        );
+    }
+    for (seq, r) in replay.unacked {
+        quota.shipper.push(seq, r);
+    }
+    let now = phases::settle::now_ms();
+    for r in replay.in_doubt {
+        quota.shipper.settle(r.in_doubt(now));
+    }
 }
 
 /// A fresh identity per process start: leases of a previous run of the same gateway id are
@@ -152,5 +203,8 @@ impl GatewayHandle {
         for t in self.tasks {
             let _ = t.await;
         }
+        let (stop, thread) = self.syncer;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }

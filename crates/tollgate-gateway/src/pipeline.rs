@@ -412,14 +412,38 @@ async fn admit(
         metrics: gw.metrics.clone(),
         gateway: gw.settings.gateway_id.clone(),
     };
-    Ok(Settlement::new(
+    let reserved = crate::journal::record::Reserved {
+        request_id: rid.clone(),
+        org: caller.key.org.clone(),
+        project: caller.key.project.clone(),
+        key: caller.key.id.clone(),
+        model: v.model.def.name.clone(),
+        gateway: gw.settings.gateway_id.clone(),
+        input_estimate: v.input_estimate,
+        max_output: v.max_output,
+        price: v.model.def.price,
+        price_version: v.model.def.price_version,
+        started_at_ms: now_ms(),
+    };
+    let settlement = Settlement::new(
         parts,
         ticket,
         rid,
         caller.clone(),
         &v.model.def,
         v.input_estimate,
-    ))
+    );
+    // the reservation reaches the journal before the request goes upstream
+    if let Err(e) = gw.journal.reserved(reserved) {
+        tracing::error!(error = %e, "journal append failed; refusing the request");
+        settlement.finish(Usage::default(), UsageStatus::UpstreamFailed);
+        return Err(GwError::new(
+            ErrorCode::Overloaded,
+            "The gateway cannot record usage right now; retry shortly.",
+        )
+        .retry_after(std::time::Duration::from_secs(1)));
+    }
+    Ok(settlement)
 }
 
 fn respond_whole(

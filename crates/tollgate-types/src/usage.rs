@@ -11,6 +11,9 @@ pub enum UsageStatus {
     Completed,
     ClientAborted,
     UpstreamFailed,
+    /// The gateway stopped between the reservation and the settlement (found when it replayed
+    /// its journal): charged by policy, flagged `estimated`.
+    InDoubt,
 }
 
 /// A usage record as shipped by a gateway. `request_id` is its identity (LG-1).

@@ -114,6 +114,11 @@ impl Settlement {
         let Some(mut ticket) = self.ticket.take() else {
             return;
         };
+        let mut usage = usage;
+        if usage.estimated && usage.prompt_tokens == 0 {
+            // no usage from the upstream: the prompt was sent, charge its estimate
+            usage.prompt_tokens = self.input_estimate;
+        }
         self.quota.settle(&mut ticket, &usage);
         self.metrics
             .tokens(usage.prompt_tokens, usage.completion_tokens);

@@ -103,12 +103,13 @@ pub struct Quota {
 }
 
 impl Quota {
-    pub fn new(settings: QuotaSettings) -> Quota {
+    /// `journal`: where usage records are written before they are queued for shipping.
+    pub fn new(settings: QuotaSettings, journal: Option<Arc<crate::journal::Journal>>) -> Quota {
         let kick = Arc::new(Notify::new());
         Quota {
             buckets: Mutex::new(BTreeMap::new()),
             plan: ArcSwap::from_pointee(Plan::new()),
-            shipper: Arc::new(ship::Shipper::new(kick.clone())),
+            shipper: Arc::new(ship::Shipper::new(kick.clone(), journal)),
             kick,
             refreshed: watch::channel(0).0,
             // optimistic until a refresh fails: a fresh gateway asks before it applies policies

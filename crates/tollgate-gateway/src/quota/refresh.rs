@@ -58,19 +58,23 @@ pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Rec
 struct Sent {
     wanted: HashMap<LimitKey, u64>,
     overruns: Vec<(LimitKey, u64)>,
+    /// Bytes left in the body for usage records.
+    budget: usize,
 }
 
 impl Quota {
     /// Builds, sends and applies one `Acquire`. `closing`: return everything, want nothing.
     pub async fn refresh_once(&self, rpc: &StoreRpc, closing: bool) {
-        let (body, sent) = self.build_acquire(closing);
+        let (mut body, sent) = self.build_acquire(closing);
+        let limit = self.batch_limit.load(Ordering::Relaxed);
+        let batch = self.shipper.take_batch(limit, sent.budget);
+        body.usage = batch.records.clone();
         if body.wants.is_empty() && body.returns.is_empty() && body.usage.is_empty() {
             self.refreshed();
             return;
         }
         let t0 = Instant::now();
-        let usage = body.usage.clone();
-        let shipped = usage.len();
+        let shipped = batch.records.len();
         match rpc.acquire(&body).await {
             Ok(res) => {
                 self.store_ok.store(true, Ordering::Relaxed);
@@ -78,7 +82,7 @@ impl Quota {
                 self.stats
                     .last_refresh_ms
                     .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                self.shipper.acked(&res.acks);
+                self.shipper.acked(&batch, &res.acks);
                 self.apply(&res, t0, &sent);
                 if shipped > 0 {
                     // grow the batch back after a refusal shrank it
@@ -89,7 +93,7 @@ impl Quota {
             }
             Err(e) => {
                 self.stats.refresh_failed.fetch_add(1, Ordering::Relaxed);
-                self.shipper.requeue(usage);
+                self.shipper.requeue(batch);
                 self.restore_overruns(&sent);
                 match e {
                     AcquireError::Unreachable(_) => {
@@ -124,6 +128,7 @@ impl Quota {
         let mut sent = Sent {
             wanted: HashMap::new(),
             overruns: Vec::new(),
+            budget: 0,
         };
         for b in buckets {
             let mut g = b.lock();
@@ -179,9 +184,7 @@ impl Quota {
             sent.wanted.insert(b.key.clone(), want);
             body.wants.push(w);
         }
-        budget = budget.saturating_sub(64 * body.returns.len());
-        let limit = self.batch_limit.load(Ordering::Relaxed);
-        body.usage = self.shipper.take_batch(limit, budget);
+        sent.budget = budget.saturating_sub(64 * body.returns.len());
         (body, sent)
     }
 

@@ -1,8 +1,10 @@
-//! Usage records on their way to the store: each finished request's record is queued here and
-//! travels in the next `Acquire` (one batch per refresh), where the store deduplicates it by
-//! request id (LG-1) and settles it into the buckets it falls under. The queue is in memory and
-//! bounded; the ledger work puts a durable journal under it.
+//! Usage records on their way to the store. Each finished request's record is written to the
+//! journal (when the gateway has one) and queued here; batches travel in the next `Acquire`,
+//! where the store deduplicates them by request id (LG-1) and settles them. An acknowledged
+//! batch moves the journal's cursor. Memory is bounded: past `QUEUE_MAX` queued records the
+//! backlog stays on disk only and is read back from the journal as the queue drains.
 
+use crate::journal::Journal;
 use crate::phases::settle::Settler;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tollgate_types::usage::{UsageAck, UsageRecord};
 
-/// Records queued at most; beyond, the oldest are dropped and counted.
-pub const QUEUE_MAX: usize = 1_000_000;
+/// Records queued in memory at most.
+pub const QUEUE_MAX: usize = 100_000;
 /// Queue length that triggers a refresh before the regular interval.
 const KICK_AT: usize = 256;
 /// Most records per `Acquire`.
@@ -22,64 +24,130 @@ pub fn json_len(r: &UsageRecord) -> usize {
     serde_json::to_vec(r).map_or(1024, |v| v.len() + 1)
 }
 
+#[derive(Default)]
+struct Queue {
+    /// (journal sequence number, or 0 without a journal; record)
+    q: VecDeque<(u64, UsageRecord)>,
+    /// Records from this journal sequence number on are on disk only.
+    spilled_from: Option<u64>,
+}
+
+/// A batch taken for shipping.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<UsageRecord>,
+    seqs: Vec<u64>,
+}
+
 pub struct Shipper {
-    queue: Mutex<VecDeque<UsageRecord>>,
+    queue: Mutex<Queue>,
     kick: Arc<Notify>,
+    journal: Option<Arc<Journal>>,
     pub shipped: AtomicU64,
     pub rejected: AtomicU64,
     pub dropped: AtomicU64,
 }
 
 impl Shipper {
-    pub fn new(kick: Arc<Notify>) -> Shipper {
+    pub fn new(kick: Arc<Notify>, journal: Option<Arc<Journal>>) -> Shipper {
         Shipper {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             kick,
+            journal,
             shipped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
     }
 
-    fn q(&self) -> std::sync::MutexGuard<'_, VecDeque<UsageRecord>> {
+    fn q(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn len(&self) -> usize {
-        self.q().len()
+        self.q().q.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Queues a record already in the journal under `seq` (0: no journal).
+    pub fn push(&self, seq: u64, r: UsageRecord) {
+        let len = {
+            let mut q = self.q();
+            match (&self.journal, q.spilled_from, q.q.len() >= QUEUE_MAX) {
+                (Some(_), Some(_), _) => return,
+                (Some(_), None, true) => {
+                    q.spilled_from = Some(seq);
+                    return;
+                }
+                (None, _, true) => {
+                    // no journal to fall back on: the oldest record is lost, and counted
+                    q.q.pop_front();
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            q.q.push_back((seq, r));
+            q.q.len()
+        };
+        if len >= KICK_AT {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Refills an empty queue from the journal when the backlog spilled to disk.
+    fn refill(&self) {
+        let (Some(j), Some(from)) = (&self.journal, self.q().spilled_from) else {
+            return;
+        };
+        match j.settled_from(from, QUEUE_MAX / 2) {
+            Ok((records, at_end)) => {
+                let mut q = self.q();
+                let next = records.last().map_or(from, |(s, _)| s + 1);
+                q.q.extend(records);
+                // appends racing with the last read are queued by `push` once this clears
+                // (a record read twice is deduplicated by the store)
+                q.spilled_from = (!at_end).then_some(next);
+            }
+            Err(e) => tracing::error!(error = %e, "reading the usage backlog from the journal"),
+        }
+    }
+
     /// The next batch to ship, at most `max` records and `bytes` of JSON (taken out of the
     /// queue; `requeue` puts it back on failure).
-    pub fn take_batch(&self, max: usize, mut bytes: usize) -> Vec<UsageRecord> {
+    pub fn take_batch(&self, max: usize, mut bytes: usize) -> Batch {
+        if self.q().q.is_empty() {
+            self.refill();
+        }
         let mut q = self.q();
-        let mut out = Vec::new();
-        while out.len() < max.min(BATCH_MAX) {
-            let Some(r) = q.front() else { break };
+        let mut out = Batch::default();
+        while out.records.len() < max.min(BATCH_MAX) {
+            let Some((_, r)) = q.q.front() else { break };
             let len = json_len(r);
             if len > bytes {
                 break;
             }
             bytes -= len;
-            out.extend(q.pop_front());
+            if let Some((seq, r)) = q.q.pop_front() {
+                out.seqs.push(seq);
+                out.records.push(r);
+            }
         }
         out
     }
 
     /// Puts an unshipped batch back at the front, in order.
-    pub fn requeue(&self, batch: Vec<UsageRecord>) {
+    pub fn requeue(&self, batch: Batch) {
         let mut q = self.q();
-        for r in batch.into_iter().rev() {
-            q.push_front(r);
+        for pair in batch.seqs.into_iter().zip(batch.records).rev() {
+            q.q.push_front(pair);
         }
     }
 
-    /// Counts the store's answers for a shipped batch.
-    pub fn acked(&self, acks: &[UsageAck]) {
+    /// The store answered for a shipped batch: count, and move the journal's cursor.
+    pub fn acked(&self, batch: &Batch, acks: &[UsageAck]) {
         for a in acks {
             match a {
                 UsageAck::Accepted { .. } | UsageAck::Duplicate { .. } => {
@@ -91,10 +159,16 @@ impl Shipper {
                 }
             };
         }
+        if let (Some(j), Some(max)) = (&self.journal, batch.seqs.iter().max())
+            && let Err(e) = j.ack(*max)
+        {
+            tracing::error!(error = %e, "moving the journal cursor");
+        }
     }
 }
 
 impl Settler for Shipper {
+    /// Journals the record (before the client sees the end of the response), then queues it.
     fn settle(&self, r: UsageRecord) {
         tracing::debug!(
             target: "tollgate::usage",
@@ -107,17 +181,16 @@ impl Settler for Shipper {
             status = ?r.status,
             unbacked = r.unbacked,
         );
-        let len = {
-            let mut q = self.q();
-            if q.len() >= QUEUE_MAX {
-                q.pop_front();
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            q.push_back(r);
-            q.len()
+        let seq = match &self.journal {
+            Some(j) => match j.settled(&r) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    tracing::error!(error = %e, request_id = %r.request_id, "journal append failed; the record ships from memory only");
+                    0
+                }
+            },
+            None => 0,
         };
-        if len >= KICK_AT {
-            self.kick.notify_one();
-        }
+        self.push(seq, r);
     }
 }
