@@ -141,14 +141,10 @@ impl Quota {
             if !active && g.rate_per_s < 1e-3 {
                 continue;
             }
-            let want = if closing {
-                0
-            } else {
-                g.want(now, self.settings.horizon)
-            };
             // hysteresis: give back only what exceeds twice the need; when the bucket is nearly
             // exhausted give back everything unused (the store regrants exactly what waits, so
-            // no fragment stays stranded here)
+            // no fragment stays stranded here). Returns come first: the want is what is missing
+            // after them (the store applies returns before grants in the same entry).
             let keep = match (closing, g.mode) {
                 (true, _) | (false, LeaseMode::PassThrough) => 0,
                 (false, LeaseMode::Lease) => 2 * g.need(self.settings.horizon),
@@ -160,6 +156,11 @@ impl Quota {
                     unused,
                 });
             }
+            let want = if closing {
+                0
+            } else {
+                g.want(now, self.settings.horizon)
+            };
             let overrun = std::mem::take(&mut g.overrun);
             if overrun > 0 {
                 sent.overruns.push((b.key.clone(), overrun));
