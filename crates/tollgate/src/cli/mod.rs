@@ -8,6 +8,7 @@ mod limit_args;
 mod mock_cmd;
 mod output;
 mod store_cmd;
+mod usage_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use tollgate_client::StoreClient;
@@ -41,6 +42,8 @@ pub enum Command {
     Admin(admin_cmd::AdminArgs),
     /// Inspect and change the store cluster's membership.
     Cluster(cluster_cmd::ClusterArgs),
+    /// Read the usage ledger: export for billing (JSON Lines, CSV), summaries.
+    Usage(usage_cmd::UsageArgs),
 }
 
 /// How to reach the store.
@@ -85,5 +88,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(a) => store_cmd::run(a).await,
         Command::Admin(a) => admin_cmd::run(a).await,
         Command::Cluster(a) => cluster_cmd::run(a).await,
+        Command::Usage(a) => usage_cmd::run(a).await,
     }
 }
