@@ -73,13 +73,14 @@ for batch in $BATCHES; do
   done
 done
 
-# 2. gateway, limits on vs off
-case " $PARTS " in *" gateway "*) ;; *) exit 0 ;; esac
+# 2. gateway, limits on vs off (3. journal on vs off reuses this gateway)
+case " $PARTS " in *" gateway "*|*" journal "*) ;; *) exit 0 ;; esac
 $BIN gateway --listen 127.0.0.1:$GW --store "$TOLLGATE_STORE" --store-token "$TOKEN" --data-dir "$DIR/gw" \
   2>"$DIR/gw.log" & PIDS+=($!)
 for _ in $(seq 200); do curl -sf 127.0.0.1:$GW/readyz >/dev/null && break; sleep 0.05; done
 BODY='{"model":"demo-chat","messages":[{"role":"user","content":"benchmark prompt of a few words"}],"max_tokens":16}'
-for r in $(seq "$REPEATS"); do
+case " $PARTS " in *" gateway "*) GW_REPEATS=$REPEATS ;; *) GW_REPEATS=0 ;; esac
+for r in $(seq "$GW_REPEATS"); do
   for mode in on off; do
     k=$KEY_OFF; [ $mode = on ] && k=$KEY_ON
     out=$(TOLLGATE_API_KEY=$k $LOAD --clients 50 --duration-s "$SECS" http --url "http://127.0.0.1:$GW/v1/chat/completions" --body "$BODY")
@@ -88,3 +89,24 @@ for r in $(seq "$REPEATS"); do
 done
 curl -s -H "authorization: Bearer $TOKEN" 127.0.0.1:$GW/admin/quota > "$DIR/quota.json"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({"label":"gateway-quota-status","store_reachable":d["store_reachable"],"refresh_ok":d["refresh_ok"],"states":[b["state"] for b in d["buckets"]],"denied":[b["denied"] for b in d["buckets"]]}))' "$DIR/quota.json"
+
+# 3. journal on vs off: a second gateway without the journal, same store and upstream; added
+#    latency at 1 connection (JSON and SSE) and throughput at 50, alternating each repetition
+case " $PARTS " in *" journal "*) ;; *) exit 0 ;; esac
+GW2=$(port)
+$BIN gateway --listen 127.0.0.1:$GW2 --store "$TOLLGATE_STORE" --store-token "$TOKEN" --data-dir "$DIR/gw2" \
+  --gateway-id nojournal --no-journal 2>"$DIR/gw2.log" & PIDS+=($!)
+for _ in $(seq 200); do curl -sf 127.0.0.1:$GW2/readyz >/dev/null && break; sleep 0.05; done
+SSE='{"model":"demo-chat","messages":[{"role":"user","content":"benchmark prompt of a few words"}],"max_tokens":16,"stream":true}'
+for r in $(seq "$REPEATS"); do
+  for c in 1 50; do
+    for b in json sse; do
+      body=$BODY; [ $b = sse ] && body=$SSE
+      for mode in on off; do
+        g=$GW; [ $mode = off ] && g=$GW2
+        out=$(TOLLGATE_API_KEY=$KEY_OFF $LOAD --clients $c --duration-s "$SECS" http --url "http://127.0.0.1:$g/v1/chat/completions" --body "$body")
+        echo "{\"label\":\"journal-$mode\",\"mode\":\"$b\",\"clients\":$c,\"run\":$r,\"result\":$out}"
+      done
+    done
+  done
+done

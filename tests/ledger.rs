@@ -270,6 +270,27 @@ async fn killed_gateways_and_leaders_lose_nothing_and_count_nothing_twice() {
         entries.len() - 10,
         "resuming from the cursor"
     );
+    // reconcile against the oracle: the only differences are the flagged (estimated) records
+    let counts = fleet.cluster.dir.path().join("oracle.json");
+    std::fs::write(&counts, serde_json::to_vec(&oracle).expect("json")).expect("write oracle");
+    let out = std::process::Command::new(harness::BIN)
+        .args([
+            "usage",
+            "reconcile",
+            "--output",
+            "json",
+            "--upstream-counts",
+        ])
+        .arg(&counts)
+        .env("TOLLGATE_STORE", fleet.cluster.addrs().join(","))
+        .env("TOLLGATE_ADMIN_TOKEN", &fleet.cluster.token)
+        .output()
+        .expect("tollgate usage reconcile");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    for d in report["differences"].as_array().expect("differences") {
+        assert_ne!(d["kind"], "not_in_ledger", "{d}");
+        assert_eq!(d["estimated"], true, "only flagged records may differ: {d}");
+    }
     let flagged = by_id.values().filter(|r| r["estimated"] == true).count();
     eprintln!(
         "{} requests sent, {} complete, {} served by the upstream, {} in the ledger ({} estimated: cut by the kill), {} tokens",

@@ -35,11 +35,17 @@ pub struct Gw {
     pub client: upstream::UpstreamClient,
     pub quota: Arc<Quota>,
     pub settler: Arc<dyn Settler>,
-    /// The usage journal (`<data-dir>/journal`).
-    pub journal: Arc<journal::Journal>,
+    /// The usage journal (`<data-dir>/journal`), unless turned off.
+    pub journal: Option<Arc<journal::Journal>>,
     pub idempotency: idempotency::Idempotency,
     pub metrics: Arc<metrics::Metrics>,
 }
+
+/// The journal's syncer thread and its stop flag.
+type Syncer = (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+);
 
 /// A running gateway; call [`GatewayHandle::shutdown`] to stop it.
 pub struct GatewayHandle {
@@ -47,10 +53,7 @@ pub struct GatewayHandle {
     pub gw: Arc<Gw>,
     stop: signal::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    syncer: (
-        Arc<std::sync::atomic::AtomicBool>,
-        std::thread::JoinHandle<()>,
-    ),
+    syncer: Option<Syncer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,15 +108,26 @@ pub async fn start_with(
         addr: settings.listen,
         source,
     })?;
-    let journal_dir = settings.data_dir.join("journal");
-    let (journal, replay) =
-        journal::Journal::open(&journal_dir).map_err(|source| StartError::Journal {
-            path: journal_dir.display().to_string(),
-            source,
-        })?;
-    let journal = Arc::new(journal);
-    let quota = Arc::new(Quota::new(settings.quota.clone(), Some(journal.clone())));
-    resume(&quota, &journal, replay);
+    let journal = match settings.journal {
+        true => {
+            let dir = settings.data_dir.join("journal");
+            let (j, replay) =
+                journal::Journal::open(&dir).map_err(|source| StartError::Journal {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            Some((Arc::new(j), replay))
+        }
+        false => None,
+    };
+    let quota = Arc::new(Quota::new(
+        settings.quota.clone(),
+        journal.as_ref().map(|(j, _)| j.clone()),
+    ));
+    let journal = journal.map(|(j, replay)| {
+        resume(&quota, &j, replay);
+        j
+    });
     let settler = settler.unwrap_or_else(|| quota.shipper.clone());
     let holder = format!("{}:{}", settings.gateway_id, incarnation());
     let rpc = quota::rpc::StoreRpc::new(
@@ -147,8 +161,10 @@ pub async fn start_with(
         )),
     ];
     tracing::info!(%addr, gateway = %gw.settings.gateway_id, %holder, "gateway listening");
-    let stop_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let syncer = (stop_sync.clone(), journal.start_syncer(stop_sync));
+    let syncer = gw.journal.as_ref().map(|j| {
+        let stop_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (stop_sync.clone(), j.start_syncer(stop_sync))
+    });
     Ok(GatewayHandle {
         addr,
         gw,
@@ -203,8 +219,9 @@ impl GatewayHandle {
         for t in self.tasks {
             let _ = t.await;
         }
-        let (stop, thread) = self.syncer;
-        stop.store(true, std::sync::atomic::Ordering::Release);
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some((stop, thread)) = self.syncer {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 }

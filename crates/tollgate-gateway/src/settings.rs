@@ -22,6 +22,9 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub routing: Routing,
     pub quota: crate::quota::QuotaSettings,
+    /// Keep the usage journal (`<data-dir>/journal`). Off only to measure its cost: usage
+    /// records then live in memory until shipped, and a crash loses them.
+    pub journal: bool,
 }
 
 /// Size and connection limits on the customer listener.
@@ -143,6 +146,7 @@ impl Settings {
             timeouts: Timeouts::default(),
             routing: Routing::default(),
             quota: crate::quota::QuotaSettings::default(),
+            journal: true,
         }
     }
 }

@@ -79,12 +79,17 @@ pub struct Bucket {
 impl Bucket {
     pub fn check(&self, id: &BucketId) -> Result<(), InvariantViolation> {
         let name = || format!("{:?}/{}", id.0, id.1);
-        if kind(id.0.dimension) == Kind::Rate && self.level > u128::from(self.limit) * RATE_SCALE {
-            return Err(InvariantViolation::Rl1 {
-                bucket: name(),
-                level: (self.level / RATE_SCALE) as u64,
-                depth: self.limit,
-            });
+        if kind(id.0.dimension) == Kind::Rate {
+            // a rate bucket's `held` is the reserves outstanding, withdrawn from a bucket that
+            // refills: QL-1 does not apply to it, RL-1 does
+            if self.level > u128::from(self.limit) * RATE_SCALE {
+                return Err(InvariantViolation::Rl1 {
+                    bucket: name(),
+                    level: (self.level / RATE_SCALE) as u64,
+                    depth: self.limit,
+                });
+            }
+            return Ok(());
         }
         if self.settled.saturating_add(self.held) > self.limit.saturating_add(self.debt) {
             return Err(InvariantViolation::Ql1 {

@@ -81,6 +81,10 @@ pub struct Tuning {
     /// Regular lease refresh interval.
     #[arg(long)]
     pub lease_refresh_ms: Option<u64>,
+    /// Run without the usage journal (to measure its cost only: a crash then loses the usage
+    /// records not yet shipped).
+    #[arg(long)]
+    pub no_journal: bool,
 }
 
 fn ms(v: Option<u64>, into: &mut Duration) {
@@ -115,6 +119,7 @@ impl Tuning {
         ms(self.queue_timeout_ms, &mut r.queue_timeout);
         ms(self.probe_interval_ms, &mut r.probe_interval);
         ms(self.admit_wait_ms, &mut s.quota.admit_wait);
+        s.journal = !self.no_journal;
         if let Some(v) = self.lease_refresh_ms {
             anyhow::ensure!(
                 (100..=LEASE_TTL_MS / 2).contains(&v),

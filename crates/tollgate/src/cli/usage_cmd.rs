@@ -57,6 +57,19 @@ pub enum UsageCmd {
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
     },
+    /// Compares the ledger with an external count of what was served (the simulated upstream's
+    /// `GET /mock/served`, or a provider's usage export converted to JSON Lines of
+    /// `{"request_id", "prompt_tokens", "completion_tokens"}`) and prints every difference.
+    /// Exits with status 1 when there is one.
+    Reconcile {
+        /// A JSON object `{request_id: {prompt_tokens, completion_tokens}}` or JSON Lines.
+        #[arg(long)]
+        upstream_counts: std::path::PathBuf,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        since_seq: u64,
+    },
     /// Totals (requests, tokens, cost) grouped by --by and store-time bucket.
     Summary {
         #[arg(long, value_enum, default_value = "org")]
@@ -195,6 +208,38 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
             eprintln!("next --since-seq {next}");
             Ok(())
         }
+        UsageCmd::Reconcile {
+            upstream_counts,
+            org,
+            since_seq,
+        } => {
+            let org = org
+                .as_deref()
+                .map(OrgId::parse)
+                .transpose()
+                .context("--org")?;
+            let text = std::fs::read_to_string(&upstream_counts)
+                .with_context(|| format!("reading {}", upstream_counts.display()))?;
+            let upstream = parse_counts(&text)?;
+            let mut ledger: BTreeMap<String, Value> = BTreeMap::new();
+            pages(&client, since_seq, org.as_ref(), u64::MAX, |e| {
+                let id = e["record"]["request_id"].as_str().unwrap_or("").to_owned();
+                ledger.insert(id, e["record"].clone());
+                Ok(())
+            })
+            .await?;
+            let report = reconcile(&ledger, &upstream);
+            super::output::print(args.conn.output, &report, |r| {
+                serde_json::to_string_pretty(r).unwrap_or_default()
+            });
+            if report["differences"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+            {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         UsageCmd::Summary {
             by,
             bucket,
@@ -260,4 +305,74 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Upstream counts by request id: (prompt, completion).
+fn parse_counts(text: &str) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let counts = |v: &Value| {
+        (
+            v["prompt_tokens"].as_u64().unwrap_or(0),
+            v["completion_tokens"].as_u64().unwrap_or(0),
+        )
+    };
+    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(text) {
+        return Ok(m.iter().map(|(k, v)| (k.clone(), counts(v))).collect());
+    }
+    let mut out = BTreeMap::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Value =
+            serde_json::from_str(line).with_context(|| format!("line {}: not JSON", i + 1))?;
+        let id = v["request_id"]
+            .as_str()
+            .with_context(|| format!("line {}: no request_id", i + 1))?;
+        out.insert(id.to_owned(), counts(&v));
+    }
+    Ok(out)
+}
+
+/// Every request id whose counts differ between the ledger and the upstream, or that only one
+/// side has; totals of both sides.
+pub fn reconcile(
+    ledger: &BTreeMap<String, Value>,
+    upstream: &BTreeMap<String, (u64, u64)>,
+) -> Value {
+    let mut diffs = Vec::new();
+    let mut totals = [0u64; 4];
+    for (id, r) in ledger {
+        let mine = (
+            r["prompt_tokens"].as_u64().unwrap_or(0),
+            r["completion_tokens"].as_u64().unwrap_or(0),
+        );
+        totals[0] += mine.0;
+        totals[1] += mine.1;
+        match upstream.get(id) {
+            Some(theirs) if *theirs == mine => {}
+            Some(theirs) => diffs.push(serde_json::json!({
+                "request_id": id, "kind": "counts_differ", "ledger": [mine.0, mine.1],
+                "upstream": [theirs.0, theirs.1], "status": r["status"], "estimated": r["estimated"],
+            })),
+            None => diffs.push(serde_json::json!({
+                "request_id": id, "kind": "not_upstream", "ledger": [mine.0, mine.1],
+                "status": r["status"], "estimated": r["estimated"],
+            })),
+        }
+    }
+    for (id, theirs) in upstream {
+        totals[2] += theirs.0;
+        totals[3] += theirs.1;
+        if !ledger.contains_key(id) {
+            diffs.push(serde_json::json!({
+                "request_id": id, "kind": "not_in_ledger", "upstream": [theirs.0, theirs.1],
+            }));
+        }
+    }
+    serde_json::json!({
+        "ledger": {"records": ledger.len(), "prompt_tokens": totals[0], "completion_tokens": totals[1]},
+        "upstream": {"records": upstream.len(), "prompt_tokens": totals[2], "completion_tokens": totals[3]},
+        "differences": diffs,
+    })
 }
