@@ -333,11 +333,44 @@ fn pace(b: &Behavior, start: Instant, tokens: u64) -> Option<Instant> {
     Some(ttft + Duration::from_micros(micros))
 }
 
+/// Records a non-streaming request whose caller went away before the response was written
+/// (the handler is dropped mid-generation): the prompt was read, nothing was sent.
+struct Abandoned<'a> {
+    mock: &'a Mock,
+    id: &'a str,
+    prompt_tokens: u64,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.mock.stats.record(
+                self.id,
+                Served {
+                    prompt_tokens: self.prompt_tokens,
+                    completion_tokens: 0,
+                    status: 499,
+                    complete: false,
+                    stream: false,
+                },
+            );
+        }
+    }
+}
+
 async fn whole(mock: &Mock, b: &Behavior, g: Generation) -> Response<Body> {
     let start = Instant::now();
+    let mut abandoned = Abandoned {
+        mock,
+        id: &g.request_id,
+        prompt_tokens: g.prompt_tokens,
+        armed: true,
+    };
     if let Some(at) = pace(b, start, g.completion) {
         wait_until(at).await;
     }
+    abandoned.armed = false;
     let text = generate(g.seed, 0, g.completion);
     let v = json!({
         "id": g.id, "object": g.object(false), "created": g.created,
