@@ -61,6 +61,8 @@ pub struct JournalStats {
 
 pub struct Journal {
     dir: PathBuf,
+    /// Held for the journal's lifetime: one gateway process per data dir.
+    _lock: File,
     w: Mutex<Writer>,
     dirty: AtomicBool,
     acked: AtomicU64,
@@ -105,6 +107,17 @@ impl Journal {
     /// Opens (or creates) the journal in `dir` and replays it.
     pub fn open(dir: &Path) -> io::Result<(Journal, Replay)> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another gateway process uses this data dir (its journal is locked); give each gateway its own --data-dir",
+            )
+        })?;
         let acked = std::fs::read_to_string(dir.join(CURSOR))
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -155,6 +168,7 @@ impl Journal {
         segments.insert(next_seq, 0);
         let j = Journal {
             dir: dir.to_owned(),
+            _lock: lock,
             w: Mutex::new(Writer {
                 file,
                 sync_handle,

@@ -156,3 +156,17 @@ fn a_backlog_can_be_read_back_from_disk() {
     j.sync().expect("sync");
     assert_eq!(j.stats.syncs.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn one_process_per_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, _) = Journal::open(dir.path()).expect("open");
+    let second = Journal::open(dir.path()).map(|_| ());
+    assert_eq!(
+        second.map_err(|e| e.kind()),
+        Err(io::ErrorKind::WouldBlock),
+        "a second opener is refused"
+    );
+    drop(first);
+    assert!(Journal::open(dir.path()).is_ok(), "free again once closed");
+}
