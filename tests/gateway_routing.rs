@@ -17,7 +17,15 @@ fn served_by(s: &Stack, n: usize, id: &str) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn traffic_moves_off_a_failing_endpoint_to_its_peer() {
-    let s = Stack::start(2, |m| vec![model("m", &[&[&m[0], &m[1]]])], &[]).await;
+    // eject on the first failure, for longer than the test: with the default of 5 consecutive
+    // failures, p2c (which prices a failure as 1 s of latency) may route too few requests to the
+    // failing endpoint to eject it, and later probe it again as its cost decays
+    let s = Stack::start(
+        2,
+        |m| vec![model("m", &[&[&m[0], &m[1]]])],
+        &["--eject-after-failures", "1", "--eject-base-ms", "600000"],
+    )
+    .await;
     for _ in 0..10 {
         assert_eq!(s.chat(chat_body(2, false)).status, 200);
     }

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod error;
+pub mod export;
 pub mod idempotency;
 pub mod journal;
 pub mod metrics;

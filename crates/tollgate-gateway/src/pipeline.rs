@@ -105,6 +105,9 @@ async fn dispatch(
         (&Method::GET, "/readyz") => (RouteLabel::Ops, Ok(readyz(gw))),
         (&Method::GET, "/metrics") => (RouteLabel::Ops, Ok(metrics(gw))),
         (&Method::GET, "/admin/quota") => (RouteLabel::Ops, quota_status(gw, &req)),
+        (&Method::GET, "/admin/usage/export") => {
+            (RouteLabel::Ops, crate::export::usage_export(gw, &req).await)
+        }
         (&Method::GET, "/v1/models") => (RouteLabel::Models, models(gw, &req, None, out)),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             let id = p["/v1/models/".len()..].to_owned();
