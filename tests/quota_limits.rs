@@ -512,7 +512,14 @@ async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
 async fn limits_change_at_run_time_and_answer_like_openai() {
     use harness::gateway::{Stack, http, model};
     use tollgate_types::admin::AdminOp;
-    let s = Stack::start(1, |m| vec![model("m", &[&[&m[0]]])], &[]).await;
+    // a long admission wait: on a loaded machine a lease refresh can take a while, and this
+    // test is about which answers come back, not how fast
+    let s = Stack::start(
+        1,
+        |m| vec![model("m", &[&[&m[0]]])],
+        &["--admit-wait-ms", "5000"],
+    )
+    .await;
     s.behave(0, json!({"completion_tokens": 16}));
     let client = s.cluster.client();
     let web = |dimension, value, shadow| Limit {

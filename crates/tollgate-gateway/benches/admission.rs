@@ -72,7 +72,7 @@ fn setup(dims: &[Dimension]) -> (Quota, tollgate_gateway::quota::AppliesList, Ve
             reserve: 0,
             period: 0,
         };
-        b.lock().apply_grant(&grant, now, 0, now);
+        b.lock().apply_grant(&grant, now, 0, now, true);
     }
     let applies = q.plan_for("live_bench", None);
     let amounts = applies.iter().map(|_| 120).collect();

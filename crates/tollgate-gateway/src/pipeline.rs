@@ -390,6 +390,9 @@ async fn admit(
     request_id: &str,
     now: Instant,
 ) -> Result<Settlement, GwError> {
+    // before admission: nothing after it may fail without settling the ticket
+    let rid = RequestId::parse(request_id)
+        .map_err(|e| GwError::new(ErrorCode::Internal, format!("request id: {e}")))?;
     let ticket = gw
         .quota
         .admit(
@@ -407,8 +410,6 @@ async fn admit(
         v.body.insert("max_tokens".into(), json!(v.max_tokens));
         v.raw = None;
     }
-    let rid = RequestId::parse(request_id)
-        .map_err(|e| GwError::new(ErrorCode::Internal, format!("request id: {e}")))?;
     let parts = SettlementParts {
         quota: gw.quota.clone(),
         settler: gw.settler.clone(),

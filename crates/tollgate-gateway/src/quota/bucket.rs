@@ -39,8 +39,9 @@ pub struct Gen {
 pub enum Source {
     /// A volume or concurrency lease (its local generation).
     Lease(u64),
-    /// A rate grant.
-    Rate,
+    /// Rate grants; the instant is the end of the oldest grant it drew from (a refund never
+    /// outlives it, so refunded tokens are not used later than they could have been).
+    Rate(Instant),
     /// The emergency reserve (store unreachable, fail policy `reserve`).
     Reserve(u64),
     /// Admitted without backing (store unreachable, fail policy `open`).
@@ -164,6 +165,14 @@ impl Inner {
         self.until.is_some_and(|u| now < u)
     }
 
+    /// End of the oldest live rate grant with tokens left (the one an admission draws from).
+    fn oldest_live(&self, now: Instant) -> Option<Instant> {
+        self.gens
+            .iter()
+            .find(|g| now < g.until && g.left > 0)
+            .map(|g| g.until)
+    }
+
     /// Units usable from live rate grants.
     pub fn rate_left(&self, now: Instant) -> u64 {
         self.gens
@@ -202,7 +211,7 @@ impl Inner {
     fn check_enforced(&self, amount: u64, now: Instant, store_ok: bool) -> Result<Source, Short> {
         if self.local_left(now) >= amount {
             return Ok(match self.kind {
-                Kind::Rate => Source::Rate,
+                Kind::Rate => Source::Rate(self.oldest_live(now).unwrap_or(now)),
                 _ => Source::Lease(self.lease_gen),
             });
         }
@@ -233,7 +242,7 @@ impl Inner {
                 self.used += amount;
                 self.peak_used = self.peak_used.max(self.used);
             }
-            Source::Rate => self.take_rate(amount, now),
+            Source::Rate(_) => self.take_rate(amount, now),
             Source::Reserve(_) => self.reserve_used += amount,
             Source::Unbacked => {
                 self.unbacked += amount;
@@ -278,10 +287,16 @@ impl Inner {
                     .saturating_sub(reserved)
                     .saturating_add(actual);
             }
-            Source::Rate if actual > reserved => self.take_rate(actual - reserved, now),
-            Source::Rate => {
-                // refund into the newest live grant
-                if let Some(g) = self.gens.iter_mut().rev().find(|g| now < g.until) {
+            Source::Rate(_) if actual > reserved => self.take_rate(actual - reserved, now),
+            Source::Rate(bound) => {
+                // refund into the newest live grant that ends no later than the grant the
+                // tokens came from (none live: they would have expired anyway)
+                if let Some(g) = self
+                    .gens
+                    .iter_mut()
+                    .rev()
+                    .find(|g| now < g.until && g.until <= bound)
+                {
                     g.left += reserved - actual;
                 }
             }
@@ -354,7 +369,16 @@ impl Inner {
     }
 
     /// Installs a grant received for an `Acquire` sent at `t0`.
-    pub fn apply_grant(&mut self, g: &Grant, t0: Instant, wanted: u64, now: Instant) {
+    /// `may_pause`: the grant reflects the current limits (no config change since it was asked
+    /// for), so "empty" may be trusted for a short pause of instant refusals.
+    pub fn apply_grant(
+        &mut self,
+        g: &Grant,
+        t0: Instant,
+        wanted: u64,
+        now: Instant,
+        may_pause: bool,
+    ) {
         let until = t0 + Duration::from_millis(usable_ms(g.ttl_ms));
         match self.kind {
             Kind::Rate => {
@@ -389,7 +413,7 @@ impl Inner {
         self.reset_ms = g.reset_ms;
         self.refreshed_at = Some(now);
         self.peak_used = self.used;
-        self.exhausted_until = (g.granted < wanted && g.available == 0).then(|| {
+        self.exhausted_until = (may_pause && g.granted < wanted && g.available == 0).then(|| {
             let pause = match self.kind {
                 // about the time one typical reservation takes to refill
                 Kind::Rate if self.limit.limit > 0 => Duration::from_millis(

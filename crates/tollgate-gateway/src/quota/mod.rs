@@ -93,7 +93,14 @@ pub struct Quota {
     plan: ArcSwap<Plan>,
     pub shipper: Arc<ship::Shipper>,
     pub(crate) kick: Arc<Notify>,
+    /// The start number of the last refresh that completed (see `refreshes_started`).
     refreshed: watch::Sender<u64>,
+    /// Refreshes started so far: a waiter knows its want was seen once a refresh numbered
+    /// above the count at its registration has completed.
+    refreshes_started: AtomicU64,
+    /// Bumped by every config install: a grant asked for under older limits is not trusted
+    /// to say a bucket is empty.
+    pub(crate) config_gen: AtomicU64,
     pub store_ok: AtomicBool,
     pub settings: QuotaSettings,
     pub stats: QuotaStats,
@@ -112,6 +119,8 @@ impl Quota {
             shipper: Arc::new(ship::Shipper::new(kick.clone(), journal)),
             kick,
             refreshed: watch::channel(0).0,
+            refreshes_started: AtomicU64::new(0),
+            config_gen: AtomicU64::new(0),
             // optimistic until a refresh fails: a fresh gateway asks before it applies policies
             store_ok: AtomicBool::new(true),
             settings,
@@ -126,6 +135,7 @@ impl Quota {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let plan = plan::build(&cfg.keys, &cfg.limits, &mut buckets, Instant::now());
         self.plan.store(Arc::new(plan));
+        self.config_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The limits of `key_id` that apply to a request for `model` (`None`: all of them).
@@ -166,9 +176,10 @@ impl Quota {
         // a slow store is not a quota decision: past the wait, keep waiting (bounded) until a
         // refresh that saw this request's want has completed
         let hard_deadline = deadline + rpc::CALL_DEADLINE;
-        let start_gen = *self.refreshed.borrow();
         let mut first = true;
         let mut waiting: Option<WaitGuard<'_>> = None;
+        // refreshes started before this request waited may not carry its want
+        let mut registered = u64::MAX;
         loop {
             let mut rx = self.refreshed.subscribe();
             let at = if first { now } else { Instant::now() };
@@ -186,8 +197,8 @@ impl Quota {
                     });
                 }
                 Err(d) if d.short == Short::Wait => {
-                    // two completed refreshes: the second began after this want was registered
-                    let answered = *rx.borrow() >= start_gen + 2;
+                    // a refresh that began after this want was registered has completed
+                    let answered = *rx.borrow() > registered;
                     let now = Instant::now();
                     if (answered && now >= deadline) || now >= hard_deadline {
                         return Err(self.deny(d, &applies, &amounts));
@@ -195,6 +206,7 @@ impl Quota {
                     if waiting.is_none() {
                         self.stats.waited.fetch_add(1, Ordering::Relaxed);
                         waiting = Some(WaitGuard::new(&applies, &amounts));
+                        registered = self.refreshes_started.load(Ordering::Acquire);
                     }
                     self.kick.notify_one();
                     let until = if answered { deadline } else { hard_deadline };
@@ -308,7 +320,11 @@ impl Quota {
     /// Replaces each reservation by what the request actually used.
     pub fn settle(&self, ticket: &mut Ticket, usage: &Usage) {
         // only rate refunds need the time (to find a live grant)
-        let now = match ticket.holds.iter().any(|h| h.src == Source::Rate) {
+        let now = match ticket
+            .holds
+            .iter()
+            .any(|h| matches!(h.src, Source::Rate(_)))
+        {
             true => Instant::now(),
             false => self.started,
         };
@@ -329,8 +345,14 @@ impl Quota {
     }
 
     /// Tells waiters a refresh finished (successfully or not).
-    pub(crate) fn refreshed(&self) {
-        self.refreshed.send_modify(|g| *g += 1);
+    /// Numbers a refresh that is starting (before it reads any bucket).
+    pub(crate) fn refresh_starting(&self) -> u64 {
+        self.refreshes_started.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Tells waiters the refresh numbered `n` finished (successfully or not).
+    pub(crate) fn refreshed(&self, n: u64) {
+        self.refreshed.send_modify(|g| *g = (*g).max(n));
     }
 
     /// Name for `/readyz` and metrics.

@@ -65,15 +65,17 @@ struct Sent {
 impl Quota {
     /// Builds, sends and applies one `Acquire`. `closing`: return everything, want nothing.
     pub async fn refresh_once(&self, rpc: &StoreRpc, closing: bool) {
+        let n = self.refresh_starting();
         let (mut body, sent) = self.build_acquire(closing);
         let limit = self.batch_limit.load(Ordering::Relaxed);
         let batch = self.shipper.take_batch(limit, sent.budget);
         body.usage = batch.records.clone();
         if body.wants.is_empty() && body.returns.is_empty() && body.usage.is_empty() {
-            self.refreshed();
+            self.refreshed(n);
             return;
         }
         let t0 = Instant::now();
+        let config_gen = self.config_gen.load(Ordering::Acquire);
         let shipped = batch.records.len();
         match rpc.acquire(&body).await {
             Ok(res) => {
@@ -83,7 +85,8 @@ impl Quota {
                     .last_refresh_ms
                     .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
                 self.shipper.acked(&batch, &res.acks);
-                self.apply(&res, t0, &sent);
+                let current = self.config_gen.load(Ordering::Acquire) == config_gen;
+                self.apply(&res, t0, &sent, current);
                 if shipped > 0 {
                     // grow the batch back after a refusal shrank it
                     let limit = self.batch_limit.load(Ordering::Relaxed);
@@ -111,7 +114,7 @@ impl Quota {
                 }
             }
         }
-        self.refreshed();
+        self.refreshed(n);
     }
 
     fn build_acquire(&self, closing: bool) -> (AcquireBody, Sent) {
@@ -189,13 +192,13 @@ impl Quota {
         (body, sent)
     }
 
-    fn apply(&self, res: &AcquireResult, t0: Instant, sent: &Sent) {
+    fn apply(&self, res: &AcquireResult, t0: Instant, sent: &Sent, current: bool) {
         let now = Instant::now();
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         for grant in &res.grants {
             if let Some(b) = buckets.get(&grant.limit) {
                 let wanted = sent.wanted.get(&grant.limit).copied().unwrap_or(0);
-                b.lock().apply_grant(grant, t0, wanted, now);
+                b.lock().apply_grant(grant, t0, wanted, now, current);
             }
         }
     }
