@@ -217,6 +217,8 @@ impl Journal {
         let bytes = frame::encode(&entry);
         if let Err(e) = w.file.write_all(&bytes) {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            // never leave a partial frame: a replay stops at the first broken one
+            let _ = w.file.set_len(w.seg_bytes);
             return Err(e);
         }
         w.next_seq += 1;
@@ -271,14 +273,16 @@ impl Journal {
         write_atomic(&self.dir.join(CURSOR), seq.to_string().as_bytes())?;
         self.acked.store(seq, Ordering::Release);
         let mut w = self.writer();
+        // from the front only: a kept segment may hold reservations whose settlements are in
+        // later segments, which a replay must still see
         let starts: Vec<u64> = w.segments.keys().copied().collect();
         for pair in starts.windows(2) {
             let (start, next) = (pair[0], pair[1]);
-            let done = next - 1 <= seq && w.segments.get(&start) == Some(&0);
-            if done {
-                w.segments.remove(&start);
-                let _ = std::fs::remove_file(self.dir.join(segment_name(start)));
+            if next - 1 > seq || w.segments.get(&start) != Some(&0) {
+                break;
             }
+            w.segments.remove(&start);
+            let _ = std::fs::remove_file(self.dir.join(segment_name(start)));
         }
         Ok(())
     }

@@ -60,6 +60,8 @@ struct Sent {
     overruns: Vec<(LimitKey, u64)>,
     /// Bytes left in the body for usage records.
     budget: usize,
+    /// Returns sent: (bucket, lease id, units), to take back if the store refused the call.
+    returned: Vec<(LimitKey, u64, u64)>,
 }
 
 impl Quota {
@@ -105,6 +107,8 @@ impl Quota {
                         }
                     }
                     AcquireError::Refused(_) => {
+                        // the store applied nothing: the returned units are still this lease's
+                        self.restore_returns(&sent);
                         // the store is there but refused this call: ship fewer records next time
                         let limit = self.batch_limit.load(Ordering::Relaxed);
                         self.batch_limit
@@ -132,6 +136,7 @@ impl Quota {
             wanted: HashMap::new(),
             overruns: Vec::new(),
             budget: 0,
+            returned: Vec::new(),
         };
         for b in buckets {
             let mut g = b.lock();
@@ -158,6 +163,7 @@ impl Quota {
                     lease_id: g.lease_id,
                     unused,
                 });
+                sent.returned.push((b.key.clone(), g.lease_id, unused));
             }
             let want = if closing {
                 0
@@ -199,6 +205,18 @@ impl Quota {
             if let Some(b) = buckets.get(&grant.limit) {
                 let wanted = sent.wanted.get(&grant.limit).copied().unwrap_or(0);
                 b.lock().apply_grant(grant, t0, wanted, now, current);
+            }
+        }
+    }
+
+    fn restore_returns(&self, sent: &Sent) {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, lease_id, n) in &sent.returned {
+            if let Some(b) = buckets.get(k) {
+                let mut g = b.lock();
+                if g.lease_id == *lease_id {
+                    g.granted += n;
+                }
             }
         }
     }

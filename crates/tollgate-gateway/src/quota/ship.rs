@@ -76,20 +76,7 @@ impl Shipper {
     pub fn push(&self, seq: u64, r: UsageRecord) {
         let len = {
             let mut q = self.q();
-            match (&self.journal, q.spilled_from, q.q.len() >= QUEUE_MAX) {
-                (Some(_), Some(_), _) => return,
-                (Some(_), None, true) => {
-                    q.spilled_from = Some(seq);
-                    return;
-                }
-                (None, _, true) => {
-                    // no journal to fall back on: the oldest record is lost, and counted
-                    q.q.pop_front();
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {}
-            }
-            q.q.push_back((seq, r));
+            self.push_locked(&mut q, seq, r);
             q.q.len()
         };
         if len >= KICK_AT {
@@ -97,21 +84,52 @@ impl Shipper {
         }
     }
 
+    fn push_locked(&self, q: &mut Queue, seq: u64, r: UsageRecord) {
+        // seq 0: not in the journal, so it cannot be read back: always kept in memory
+        let on_disk = self.journal.is_some() && seq > 0;
+        match (on_disk, q.spilled_from, q.q.len() >= QUEUE_MAX) {
+            (true, Some(_), _) => return,
+            (true, None, true) => {
+                q.spilled_from = Some(seq);
+                return;
+            }
+            (false, _, true) => {
+                // nowhere to fall back on: the oldest record is lost, and counted
+                q.q.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        q.q.push_back((seq, r));
+    }
+
     /// Refills an empty queue from the journal when the backlog spilled to disk.
     fn refill(&self) {
         let (Some(j), Some(from)) = (&self.journal, self.q().spilled_from) else {
             return;
         };
-        match j.settled_from(from, QUEUE_MAX / 2) {
-            Ok((records, at_end)) => {
-                let mut q = self.q();
-                let next = records.last().map_or(from, |(s, _)| s + 1);
-                q.q.extend(records);
-                // appends racing with the last read are queued by `push` once this clears
-                // (a record read twice is deduplicated by the store)
-                q.spilled_from = (!at_end).then_some(next);
+        let read = |from: u64, max: usize| match j.settled_from(from, max) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the usage backlog from the journal");
+                None
             }
-            Err(e) => tracing::error!(error = %e, "reading the usage backlog from the journal"),
+        };
+        let Some((records, at_end)) = read(from, QUEUE_MAX / 2) else {
+            return;
+        };
+        let next = records.last().map_or(from, |(s, _)| s + 1);
+        let mut q = self.q();
+        q.q.extend(records);
+        if !at_end {
+            q.spilled_from = Some(next);
+            return;
+        }
+        // appends wait for the queue lock: read what came after the first read while holding
+        // it, so nothing appended in between is left behind on disk only
+        if let Some((tail, _)) = read(next, usize::MAX) {
+            q.q.extend(tail);
+            q.spilled_from = None;
         }
     }
 
@@ -181,16 +199,25 @@ impl Settler for Shipper {
             status = ?r.status,
             unbacked = r.unbacked,
         );
-        let seq = match &self.journal {
-            Some(j) => match j.settled(&r) {
-                Ok(seq) => seq,
-                Err(e) => {
-                    tracing::error!(error = %e, request_id = %r.request_id, "journal append failed; the record ships from memory only");
-                    0
-                }
-            },
-            None => 0,
+        // journal and queue under one lock: records enter the queue in journal order, so an
+        // acknowledged batch never moves the cursor past a record still waiting
+        let len = {
+            let mut q = self.q();
+            let seq = match &self.journal {
+                Some(j) => match j.settled(&r) {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        tracing::error!(error = %e, request_id = %r.request_id, "journal append failed; the record ships from memory only");
+                        0
+                    }
+                },
+                None => 0,
+            };
+            self.push_locked(&mut q, seq, r);
+            q.q.len()
         };
-        self.push(seq, r);
+        if len >= KICK_AT {
+            self.kick.notify_one();
+        }
     }
 }
