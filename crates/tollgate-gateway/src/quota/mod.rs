@@ -171,7 +171,7 @@ impl Quota {
         let (applies, amounts) = self.applicable(req);
         let clamp = applies
             .iter()
-            .any(|a| plan::counts_output(a.dimension) && !a.bucket.lock().limit.shadow);
+            .any(|a| plan::counts_output(a.dimension) && !a.shadow);
         let deadline = now + self.settings.admit_wait;
         // a slow store is not a quota decision: past the wait, keep waiting (bounded) until a
         // refresh that saw this request's want has completed

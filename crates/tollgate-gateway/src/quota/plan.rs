@@ -14,6 +14,8 @@ use tollgate_types::limits::{Dimension, Limit, LimitKey, Scope};
 pub struct Applies {
     pub bucket: Arc<LocalBucket>,
     pub dimension: Dimension,
+    /// The limit only measures (copied at plan time: the request path need not lock for it).
+    pub shadow: bool,
 }
 
 impl Applies {
@@ -64,6 +66,7 @@ pub fn build(
             .map(|b| Applies {
                 bucket: b.clone(),
                 dimension: b.key.dimension,
+                shadow: b.lock().limit.shadow,
             })
             .collect();
         if list.is_empty() {
