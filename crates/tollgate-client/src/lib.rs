@@ -70,7 +70,8 @@ pub struct StoreClient {
 }
 
 fn channel(addr: &str) -> Result<Channel, ClientError> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    let dial = tollgate_types::faults::dial_addr(addr);
+    let ep = Endpoint::from_shared(format!("http://{dial}"))
         .map_err(|e| {
             ClientError::local(format!(
                 "'{addr}' is not a valid store address (host:port): {e}"

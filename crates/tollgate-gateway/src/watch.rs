@@ -47,7 +47,8 @@ pub async fn run(gw: Arc<Gw>, mut stop: tokio::sync::watch::Receiver<bool>) {
 }
 
 async fn follow(gw: &Arc<Gw>, addr: &str) -> Result<(), String> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
+    let dial = tollgate_types::faults::dial_addr(addr);
+    let channel = Endpoint::from_shared(format!("http://{dial}"))
         .map_err(|e| format!("bad store address: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)

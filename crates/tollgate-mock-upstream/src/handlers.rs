@@ -196,6 +196,7 @@ async fn inference(
                 status: b.fail_status,
                 complete: true,
                 stream: false,
+                attempts: 1,
             },
         );
         let status = StatusCode::from_u16(b.fail_status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -353,6 +354,7 @@ impl Drop for Abandoned<'_> {
                     status: 499,
                     complete: false,
                     stream: false,
+                    attempts: 1,
                 },
             );
         }
@@ -386,6 +388,7 @@ async fn whole(mock: &Mock, b: &Behavior, g: Generation) -> Response<Body> {
             status: 200,
             complete: true,
             stream: false,
+            attempts: 1,
         },
     );
     json_response(StatusCode::OK, &v)
@@ -440,6 +443,7 @@ async fn produce(mock: Arc<Mock>, b: Behavior, g: Generation, include_usage: boo
             status: 200,
             complete: false,
             stream: true,
+            attempts: 1,
         },
     };
     let usage_null = include_usage.then_some(Value::Null);
@@ -547,6 +551,7 @@ async fn embeddings(
             status: 200,
             complete: true,
             stream: false,
+            attempts: 1,
         },
     );
     json_response(

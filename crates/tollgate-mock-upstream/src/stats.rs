@@ -18,6 +18,8 @@ pub struct Served {
     /// The response (or stream, up to `[DONE]`) was sent completely.
     pub complete: bool,
     pub stream: bool,
+    /// How many times this id was served (a gateway retry, after a failure, repeats it).
+    pub attempts: u32,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -87,6 +89,7 @@ impl Stats {
             prev.completion_tokens += s.completion_tokens;
             prev.status = s.status;
             prev.complete |= s.complete;
+            prev.attempts += 1;
             g.totals.repeated_ids += 1;
             return;
         }
@@ -97,7 +100,7 @@ impl Stats {
             g.totals.forgotten += 1;
         }
         g.order.push_back(id.to_owned());
-        g.by_id.insert(id.to_owned(), s);
+        g.by_id.insert(id.to_owned(), Served { attempts: 1, ..s });
     }
 
     pub fn get(&self, id: &str) -> Option<Served> {

@@ -107,7 +107,8 @@ impl Network {
 
 /// A lazily connecting channel to a peer's gRPC address (`host:port`).
 pub fn peer_channel(addr: &str) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    let dial = tollgate_types::faults::dial_addr(addr);
+    let ep = Endpoint::from_shared(format!("http://{dial}"))
         .map_err(|e| format!("bad peer address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .tcp_nodelay(true)

@@ -1,5 +1,6 @@
 //! Tollgate's shared vocabulary: identifiers, amounts, the configuration and limit model, API key
-//! and admin token formats, and the one `ErrorCode` every layer maps its failures to. No I/O.
+//! and admin token formats, and the one `ErrorCode` every layer maps its failures to, plus the
+//! process-wide dial and clock hooks (`faults`). No I/O.
 //!
 //! Serde rule for every type here: they are encoded with bincode in Raft log entries and snapshots,
 //! so no `skip_serializing_if`, `flatten` or internally tagged enums (those need a self-describing
@@ -9,6 +10,7 @@ pub mod admin;
 pub mod amount;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod ids;
 pub mod lease;
 pub mod limits;

@@ -2,6 +2,8 @@
 //! that also go out as `Server-Timing`.
 
 use std::time::{Duration, Instant};
+// the quota clock: admission reuses the last mark (drifts only under fault injection)
+use tollgate_types::faults::mono_now;
 
 /// Per-phase durations of one request.
 #[derive(Debug, Default, Clone)]
@@ -14,13 +16,13 @@ impl Timing {
     pub fn start() -> Timing {
         Timing {
             marks: Vec::with_capacity(6),
-            last: Some(Instant::now()),
+            last: Some(mono_now()),
         }
     }
 
     /// Ends the phase `name` now.
     pub fn mark(&mut self, name: &'static str) {
-        let now = Instant::now();
+        let now = mono_now();
         if let Some(last) = self.last {
             self.marks.push((name, now - last));
         }
@@ -30,7 +32,7 @@ impl Timing {
     /// `Server-Timing` value: `auth;dur=0.012, validate;dur=0.030, …` (milliseconds).
     /// When the last phase ended (the clock read the next phase can reuse).
     pub fn last(&self) -> Instant {
-        self.last.unwrap_or_else(Instant::now)
+        self.last.unwrap_or_else(mono_now)
     }
 
     pub fn header(&self) -> String {

@@ -7,7 +7,6 @@ use crate::phases::admit::{Ticket, Usage};
 use crate::phases::auth::Caller;
 use crate::quota::Quota;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate_types::config::ModelDef;
 use tollgate_types::usage::{UsageRecord, UsageStatus};
 use tollgate_types::{ModelName, RequestId};
@@ -41,11 +40,9 @@ impl Settler for LogSettler {
     }
 }
 
+/// Wall-clock ms (skewed only under fault injection, see `tollgate_types::faults`).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    tollgate_types::faults::wall_ms()
 }
 
 /// The pending settlement of one admitted request.

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tollgate_types::ErrorCode;
 use tollgate_types::config::GatewayConfig;
+use tollgate_types::faults::mono_now;
 use tollgate_types::limits::{Dimension, LimitKey};
 
 /// Tuning of admission and lease refresh.
@@ -125,7 +126,7 @@ impl Quota {
             store_ok: AtomicBool::new(true),
             settings,
             stats: QuotaStats::default(),
-            started: Instant::now(),
+            started: mono_now(),
             batch_limit: std::sync::atomic::AtomicUsize::new(ship::BATCH_MAX),
         }
     }
@@ -133,7 +134,7 @@ impl Quota {
     /// Takes in the limits of a new config version (buckets of unchanged limits keep their leases).
     pub fn install(&self, cfg: &GatewayConfig) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let plan = plan::build(&cfg.keys, &cfg.limits, &mut buckets, Instant::now());
+        let plan = plan::build(&cfg.keys, &cfg.limits, &mut buckets, mono_now());
         self.plan.store(Arc::new(plan));
         self.config_gen.fetch_add(1, Ordering::AcqRel);
     }
@@ -182,7 +183,7 @@ impl Quota {
         let mut registered = u64::MAX;
         loop {
             let mut rx = self.refreshed.subscribe();
-            let at = if first { now } else { Instant::now() };
+            let at = if first { now } else { mono_now() };
             match self.try_admit(&applies, &amounts, first, at) {
                 Ok((holds, headers)) => {
                     self.stats.admitted.fetch_add(1, Ordering::Relaxed);
@@ -199,7 +200,7 @@ impl Quota {
                 Err(d) if d.short == Short::Wait => {
                     // a refresh that began after this want was registered has completed
                     let answered = *rx.borrow() > registered;
-                    let now = Instant::now();
+                    let now = mono_now();
                     if (answered && now >= deadline) || now >= hard_deadline {
                         return Err(self.deny(d, &applies, &amounts));
                     }
@@ -307,7 +308,7 @@ impl Quota {
             _ => None,
         };
         drop(g);
-        let now = Instant::now();
+        let now = mono_now();
         let guards: Vec<MutexGuard<'_, Inner>> = applies.iter().map(|a| a.bucket.lock()).collect();
         let hdrs = headers::Headers::from_buckets(applies, &guards, now);
         let mut e = GwError::new(code, msg).with_headers(hdrs.pairs());
@@ -325,7 +326,7 @@ impl Quota {
             .iter()
             .any(|h| matches!(h.src, Source::Rate(_)))
         {
-            true => Instant::now(),
+            true => mono_now(),
             false => self.started,
         };
         for h in std::mem::take(&mut ticket.holds) {

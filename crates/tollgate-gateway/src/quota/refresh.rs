@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tollgate_types::faults::mono_now;
 use tollgate_types::lease::{AcquireBody, AcquireResult, LeaseMode, Return, Want};
 use tollgate_types::limits::LimitKey;
 
@@ -23,7 +24,7 @@ const RETRY_MIN: Duration = Duration::from_millis(200);
 const BATCH_DELAY: Duration = Duration::from_millis(1);
 
 pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut last = Instant::now() - q.settings.refresh;
+    let mut last = mono_now() - q.settings.refresh;
     // after a failed refresh, try again sooner (doubling up to the regular interval)
     let mut interval = q.settings.refresh;
     loop {
@@ -41,7 +42,7 @@ pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Rec
         if since < MIN_GAP {
             tokio::time::sleep(MIN_GAP - since).await;
         }
-        last = Instant::now();
+        last = mono_now();
         q.refresh_once(&rpc, false).await;
         interval = match (
             q.store_ok.load(Ordering::Relaxed),
@@ -76,7 +77,7 @@ impl Quota {
             self.refreshed(n);
             return;
         }
-        let t0 = Instant::now();
+        let t0 = mono_now();
         let config_gen = self.config_gen.load(Ordering::Acquire);
         let shipped = batch.records.len();
         match rpc.acquire(&body).await {
@@ -122,7 +123,7 @@ impl Quota {
     }
 
     fn build_acquire(&self, closing: bool) -> (AcquireBody, Sent) {
-        let now = Instant::now();
+        let now = mono_now();
         let buckets: Vec<_> = self
             .buckets
             .lock()
@@ -199,7 +200,7 @@ impl Quota {
     }
 
     fn apply(&self, res: &AcquireResult, t0: Instant, sent: &Sent, current: bool) {
-        let now = Instant::now();
+        let now = mono_now();
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         for grant in &res.grants {
             if let Some(b) = buckets.get(&grant.limit) {

@@ -71,7 +71,8 @@ impl StoreRpc {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
+        let dial = tollgate_types::faults::dial_addr(addr);
+        let c = Endpoint::from_shared(format!("http://{dial}"))
             .map_err(|e| format!("bad store address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)

@@ -9,6 +9,7 @@ use super::bucket::{Inner, Kind};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use tollgate_types::faults::mono_now;
 use tollgate_types::lease::LeaseMode;
 use tollgate_types::limits::{Dimension, FailPolicy, LimitKey, Period, Scope};
 
@@ -79,7 +80,7 @@ pub fn state_of(g: &Inner, now: Instant, store_ok: bool) -> &'static str {
 impl Quota {
     /// The status view: one entry per bucket, and the refresher's health.
     pub fn status(&self) -> serde_json::Value {
-        let now = Instant::now();
+        let now = mono_now();
         let store_ok = self.store_ok.load(Ordering::Relaxed);
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let list: Vec<serde_json::Value> = buckets
@@ -116,7 +117,7 @@ impl Quota {
 
     /// Prometheus text for admission (bucket states are counted, never labelled by tenant).
     pub fn render_metrics(&self, o: &mut String) {
-        let now = Instant::now();
+        let now = mono_now();
         let store_ok = self.store_ok.load(Ordering::Relaxed);
         let mut counts = [0u64; STATES.len()];
         let mut unbacked = 0u64;

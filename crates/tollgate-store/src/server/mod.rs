@@ -15,7 +15,7 @@ use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tollgate_ledger::{Actor, Command, Outcome, Request};
 use tollgate_types::error::{ApiError, ErrorCode};
 use tonic::Status;
@@ -45,9 +45,7 @@ impl NodeCtx {
     /// The leader's store timestamp: wall clock, but never behind the state machine's clock or
     /// the last stamp this node gave (so it never runs early after a leader change, SM-1).
     pub fn stamp(&self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let wall = tollgate_types::faults::wall_ms();
         let applied = self.sm.read(|d| d.state.clock_ms);
         let floor = wall.max(applied);
         self.last_ts.fetch_max(floor, Ordering::AcqRel).max(floor)

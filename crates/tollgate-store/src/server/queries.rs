@@ -103,7 +103,7 @@ fn bucket_view(
         .by_id
         .values()
         .filter(|l| &l.bucket.0 == key && l.bucket.1 == period)
-        .map(|l| json!({"id": l.id, "holder": l.holder, "amount": l.amount, "remaining": l.remaining(), "reserve": l.reserve}))
+        .map(|l| json!({"id": l.id, "holder": l.holder, "amount": l.amount, "remaining": l.remaining(), "reserve": l.reserve, "release_at_ms": l.release_at_ms}))
         .collect();
     json!({
         "limit": key,
@@ -114,6 +114,7 @@ fn bucket_view(
         "debt": b.debt,
         "tokens": (tollgate_ledger::lease::kind(key.dimension) == tollgate_ledger::lease::Kind::Rate).then(|| b.tokens()),
         "leases": leases,
+        "store_clock_ms": state.clock_ms,
     })
 }
 

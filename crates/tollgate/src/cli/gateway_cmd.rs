@@ -34,6 +34,8 @@ pub struct GatewayArgs {
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: Tuning,
+    #[command(flatten)]
+    pub hooks: super::hooks_args::HooksArgs,
 }
 
 /// Limits, timeouts and routing knobs (defaults suit production).
@@ -152,6 +154,7 @@ pub fn check_gateway_id(id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    args.hooks.install()?;
     let mut s = Settings::new(args.listen, args.store, args.data_dir);
     s.store_token = args.store_token;
     if let Some(id) = args.gateway_id {

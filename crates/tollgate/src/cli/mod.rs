@@ -1,9 +1,11 @@
 //! Command-line interface: subcommands and the shared connection flags.
 
 mod admin_cmd;
+mod chaos_cmd;
 mod cluster_cmd;
 mod dev_cmd;
 mod gateway_cmd;
+mod hooks_args;
 mod limit_args;
 mod mock_cmd;
 mod output;
@@ -44,6 +46,8 @@ pub enum Command {
     Cluster(cluster_cmd::ClusterArgs),
     /// Read the usage ledger: export for billing (JSON Lines, CSV), summaries.
     Usage(usage_cmd::UsageArgs),
+    /// Run fault scenarios against a real local cluster and check the invariants.
+    Chaos(chaos_cmd::ChaosArgs),
 }
 
 /// How to reach the store.
@@ -89,5 +93,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(a) => admin_cmd::run(a).await,
         Command::Cluster(a) => cluster_cmd::run(a).await,
         Command::Usage(a) => usage_cmd::run(a).await,
+        Command::Chaos(a) => chaos_cmd::run(a).await,
     }
 }

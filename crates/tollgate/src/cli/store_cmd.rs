@@ -42,6 +42,8 @@ pub struct StoreArgs {
     /// Snapshot (and purge the log) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_logs: u64,
+    #[command(flatten)]
+    pub hooks: super::hooks_args::HooksArgs,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -93,6 +95,7 @@ impl StoreArgs {
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    args.hooks.install()?;
     let cfg = args.config()?;
     let mut node = StoreNode::start(cfg)
         .await

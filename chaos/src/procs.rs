@@ -1,0 +1,133 @@
+//! Child processes of a chaos run: each a `tollgate` subcommand with its own log file, killed
+//! (`SIGKILL`), paused (`SIGSTOP`/`SIGCONT`) and restarted by PID. Dropping a `Proc` kills it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct Proc {
+    pub name: String,
+    bin: PathBuf,
+    pub args: Vec<String>,
+    /// Extra arguments for the next start only (e.g. a skewed clock), cleared by `restart`.
+    pub log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    pub starts: u32,
+}
+
+impl Proc {
+    pub fn new(name: &str, bin: &Path, args: Vec<String>, log: PathBuf) -> Proc {
+        Proc {
+            name: name.to_owned(),
+            bin: bin.to_path_buf(),
+            args,
+            log,
+            child: None,
+            paused: false,
+            starts: 0,
+        }
+    }
+
+    /// Starts the process with its arguments plus `extra`; its output is appended to the log.
+    pub fn start_with(&mut self, extra: &[String]) -> std::io::Result<()> {
+        self.kill();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .args(extra)
+            .env("TOLLGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()?;
+        self.child = Some(child);
+        self.paused = false;
+        self.starts += 1;
+        Ok(())
+    }
+
+    pub fn start(&mut self) -> std::io::Result<()> {
+        self.start_with(&[])
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+        }
+    }
+
+    /// Whether the process exited on its own (crashed), with its status.
+    pub fn exited(&mut self) -> Option<String> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(st)) => Some(st.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.paused = false;
+    }
+
+    fn signal(&self, sig: libc::c_int) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        kill_pid(pid, sig)
+    }
+
+    /// `SIGSTOP`: the process freezes with its sockets open (a GC pause, a stuck VM).
+    pub fn pause(&mut self) -> bool {
+        let ok = self.signal(libc::SIGSTOP);
+        self.paused |= ok;
+        ok
+    }
+
+    pub fn resume(&mut self) -> bool {
+        let ok = self.signal(libc::SIGCONT);
+        if ok {
+            self.paused = false;
+        }
+        ok
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+        self.kill();
+    }
+}
+
+#[allow(unsafe_code)]
+fn kill_pid(pid: libc::pid_t, sig: libc::c_int) -> bool {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
