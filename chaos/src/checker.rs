@@ -98,6 +98,8 @@ pub struct Observed {
     pub gateway_restarts: Vec<(usize, u64)>,
     /// Processes that exited on their own (a crash, not a nemesis kill).
     pub crashed: Vec<String>,
+    /// Why the final state (ledger, buckets) could not be read, if it could not.
+    pub observe_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,7 +145,17 @@ pub fn check_all(o: &Observed) -> Vec<Check> {
         idempotency(o),
         recovery(o),
         crashes(o),
+        readable(o),
     ]
+}
+
+fn readable(o: &Observed) -> Check {
+    check(
+        "OBSERVE",
+        "after the heal, the ledger, the oracle and the buckets could be read (else every check above is moot)",
+        o.observe_error.clone().unwrap_or_else(|| "read".into()),
+        o.observe_error.iter().cloned().collect(),
+    )
 }
 
 fn ql1(o: &Observed) -> Check {

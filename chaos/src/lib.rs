@@ -158,9 +158,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let mut c = cluster.lock().await;
     heal_all(&mut c).await;
     let recovery = observe::recovery(&c).await;
-    let (ledger, oracle) = observe::settled_ledger(&c).await?;
     let replicas = observe::replicas(&c).await;
-    let buckets = observe::buckets(&c).await?;
+    let read = async {
+        let (l, o) = observe::settled_ledger(&c).await?;
+        anyhow::Ok((l, o, observe::buckets(&c).await?))
+    };
+    let (ledger, oracle, buckets, observe_error) = match read.await {
+        Ok((l, o, b)) => (l, o, b, None),
+        Err(e) => (
+            Vec::new(),
+            Default::default(),
+            Vec::new(),
+            Some(format!("{e:#}")),
+        ),
+    };
     let observed = Observed {
         attempts: attempts.clone(),
         ledger,
@@ -174,6 +185,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         recovery_bound_ms: observe::RECOVERY_BOUND.as_millis() as u64,
         gateway_restarts: gateway_restarts(&faults),
         crashed: crashed(&mut c),
+        observe_error,
     };
     let checks = checker::check_all(&observed);
     let mut counts = report::counts(&attempts, &faults);
@@ -217,8 +229,9 @@ impl Mounts {
         let mut m = Mounts(Vec::new());
         if sc.small_disks {
             let ids = 1..=sc.topology.stores + sc.topology.spare_stores;
-            for id in ids {
-                let d = dir.join(format!("store-{id}"));
+            let stores = ids.map(|id| dir.join(format!("store-{id}")));
+            let gateways = (0..sc.topology.gateways).map(|g| dir.join(format!("gateway-{g}")));
+            for d in stores.chain(gateways) {
                 disk::mount_small(&d)?;
                 m.0.push(d);
             }
@@ -295,19 +308,17 @@ fn gateway_restarts(faults: &[Applied]) -> Vec<(usize, u64)> {
 /// Processes that exited on their own, and panics anywhere in the logs.
 fn crashed(c: &mut Cluster) -> Vec<String> {
     let mut out = Vec::new();
-    for s in c.stores.iter_mut().filter(|s| !s.removed) {
-        if let Some(st) = s.proc.exited() {
-            out.push(format!("store {} exited: {st}", s.id));
-        }
-    }
-    for g in c.gateways.iter_mut() {
-        if let Some(st) = g.proc.exited() {
-            out.push(format!("gateway {} exited: {st}", g.idx));
-        }
-    }
-    for u in c.upstreams.iter_mut() {
-        if let Some(st) = u.proc.exited() {
-            out.push(format!("{} exited: {st}", u.proc.name));
+    let procs = c
+        .stores
+        .iter_mut()
+        .filter(|s| !s.removed)
+        .map(|s| &mut s.proc)
+        .chain(c.gateways.iter_mut().map(|g| &mut g.proc))
+        .chain(c.upstreams.iter_mut().map(|u| &mut u.proc));
+    for p in procs {
+        let now = p.exited();
+        for st in p.exits.iter().chain(now.as_ref()) {
+            out.push(format!("{} exited on its own: {st}", p.name));
         }
     }
     let logs = c

@@ -80,6 +80,10 @@ pub enum FaultKind {
     DiskFull {
         target: Target,
     },
+    /// A gateway's data dir (its usage journal) fills up; freed at heal.
+    GatewayDiskFull {
+        gateway: usize,
+    },
     /// A spare node joins as a voter, then a follower leaves for good.
     ReplaceNode,
 }
@@ -148,10 +152,20 @@ enum Undo {
     HealLinks,
     UpstreamOk,
     FreeDisk(u64, std::path::PathBuf),
+    FreeGatewayDisk(usize, std::path::PathBuf),
 }
 
+/// Resolves a target now; waits up to 10 s for a leader (the last fault's heal may have left an
+/// election running).
 async fn resolve(c: &Cluster, t: Target, rng: &mut StdRng) -> Option<u64> {
-    let leader = c.leader().await;
+    let mut leader = None;
+    for _ in 0..20 {
+        leader = c.leader().await;
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     match t {
         Target::Leader => leader,
         Target::Follower => {
@@ -320,6 +334,14 @@ async fn apply(c: &mut Cluster, f: &FaultKind, rng: &mut StdRng) -> Result<(Stri
                 Undo::FreeDisk(id, filler),
             )
         }
+        FaultKind::GatewayDiskFull { gateway } => {
+            let g = gateway % c.gateways.len();
+            let filler = crate::disk::fill(&c.gateways[g].data_dir).map_err(|e| e.to_string())?;
+            (
+                format!("gateway {g}'s disk full"),
+                Undo::FreeGatewayDisk(g, filler),
+            )
+        }
         FaultKind::ReplaceNode => {
             let note = crate::membership::replace_follower(c, rng).await?;
             (note, Undo::Nothing)
@@ -356,10 +378,20 @@ async fn undo(c: &mut Cluster, u: Undo) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             c.heal_links();
         }
+        Undo::FreeGatewayDisk(g, filler) => {
+            let _ = std::fs::remove_file(&filler);
+            c.gateways[g].proc.reap_expected_exit();
+            if !c.gateways[g].proc.is_running() {
+                c.gateways[g].proc.start().map_err(|e| e.to_string())?;
+                c.wait_gateway_ready(g).await.map_err(|e| e.to_string())?;
+            }
+        }
         Undo::FreeDisk(id, filler) => {
             let _ = std::fs::remove_file(&filler);
             let s = c.store(id).ok_or("unknown node")?;
-            // the node may have stopped on the write error: restart it on its data dir
+            // the node stops on the write error (Raft's fatal storage error): restart it on its
+            // data dir, as its supervisor would
+            s.proc.reap_expected_exit();
             if !s.proc.is_running() && !s.removed {
                 s.proc.start().map_err(|e| e.to_string())?;
             }

@@ -13,6 +13,8 @@ pub struct Proc {
     child: Option<Child>,
     paused: bool,
     pub starts: u32,
+    /// Exits the process took on its own (not a kill by the harness), before a restart.
+    pub exits: Vec<String>,
 }
 
 impl Proc {
@@ -25,11 +27,15 @@ impl Proc {
             child: None,
             paused: false,
             starts: 0,
+            exits: Vec::new(),
         }
     }
 
     /// Starts the process with its arguments plus `extra`; its output is appended to the log.
     pub fn start_with(&mut self, extra: &[String]) -> std::io::Result<()> {
+        if let Some(st) = self.exited() {
+            self.exits.push(st);
+        }
         self.kill();
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -70,6 +76,14 @@ impl Proc {
         match c.try_wait() {
             Ok(Some(st)) => Some(st.to_string()),
             _ => None,
+        }
+    }
+
+    /// Reaps a process that exited as the fault expected (e.g. a store node stopping on a full
+    /// disk), so it does not count as a crash.
+    pub fn reap_expected_exit(&mut self) {
+        if self.exited().is_some() {
+            self.child = None;
         }
     }
 

@@ -48,8 +48,8 @@ fn topo(stores: u64, spare_stores: u64, gateways: usize) -> Topology {
 use FaultKind::*;
 use Target::{Follower, Leader};
 
-fn all_faults() -> Vec<FaultKind> {
-    vec![
+fn all_faults(disks: bool) -> Vec<FaultKind> {
+    let mut v = vec![
         KillStore { target: Leader },
         KillStore { target: Follower },
         KillGateway { gateway: 0 },
@@ -75,7 +75,14 @@ fn all_faults() -> Vec<FaultKind> {
             drift_ppm: -800,
         },
         ReplaceNode,
-    ]
+    ];
+    if disks {
+        v.extend([
+            DiskFull { target: Follower },
+            GatewayDiskFull { gateway: 1 },
+        ]);
+    }
+    v
 }
 
 pub fn named(name: &str) -> Option<Scenario> {
@@ -181,9 +188,13 @@ pub fn named(name: &str) -> Option<Scenario> {
         },
         "disk-full" => Scenario {
             name: "disk-full",
-            about: "a store node's data dir fills up (ENOSPC), then is freed and the node restarted (needs root for the tmpfs mounts)",
+            about: "a store node's or a gateway's data dir fills up (ENOSPC), then is freed and the process restarted if it stopped (needs root for the tmpfs mounts)",
             default_duration: Duration::from_secs(120),
-            menu: vec![DiskFull { target: Follower }, DiskFull { target: Leader }],
+            menu: vec![
+                DiskFull { target: Follower },
+                DiskFull { target: Leader },
+                GatewayDiskFull { gateway: 0 },
+            ],
             hold_ms: 6_000,
             small_disks: true,
             ..base
@@ -191,7 +202,7 @@ pub fn named(name: &str) -> Option<Scenario> {
         "membership" => Scenario {
             name: "membership",
             about: "spare nodes join and followers leave for good while load runs, with a follower killed in between",
-            topology: topo(3, 2, 2),
+            topology: topo(3, 6, 2),
             default_duration: Duration::from_secs(120),
             menu: vec![ReplaceNode, KillStore { target: Follower }, ReplaceNode],
             every_ms: 4_000,
@@ -202,9 +213,10 @@ pub fn named(name: &str) -> Option<Scenario> {
             about: "every fault kind, mixed, for half an hour (disk-full only when run as root)",
             topology: topo(3, 6, 2),
             default_duration: Duration::from_secs(1800),
-            menu: all_faults(),
+            menu: all_faults(crate::disk::can_mount()),
             every_ms: 4_000,
             hold_ms: 6_000,
+            small_disks: crate::disk::can_mount(),
             ..base
         },
         _ => return None,

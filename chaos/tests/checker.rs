@@ -108,7 +108,7 @@ fn only_fails(o: &Observed, name: &str) -> Check {
 fn a_healthy_history_passes_every_check() {
     let f = failed(&healthy());
     assert!(f.is_empty(), "{f:#?}");
-    assert_eq!(check_all(&healthy()).len(), 12);
+    assert_eq!(check_all(&healthy()).len(), 13);
 }
 
 #[test]
@@ -262,6 +262,9 @@ fn a_slow_recovery_and_a_crash_are_reported() {
     let mut o = healthy();
     o.crashed.push("store 2 exited: signal 6".into());
     only_fails(&o, "NO-CRASH");
+    let mut o = healthy();
+    o.observe_error = Some("no leader".into());
+    only_fails(&o, "OBSERVE");
 }
 
 #[test]

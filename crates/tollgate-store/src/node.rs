@@ -175,6 +175,23 @@ impl StoreNode {
         })
     }
 
+    /// Resolves when Raft stopped on a fatal error (a storage write failed, e.g. a full disk):
+    /// the node can then neither vote nor replicate, so its process should exit and be
+    /// restarted by its supervisor rather than linger as a member that never answers.
+    pub async fn fatal(&self) -> String {
+        use openraft::async_runtime::WatchReceiver;
+        let mut m = self.raft.metrics();
+        loop {
+            let state = m.borrow_watched().running_state.clone();
+            if let Err(e) = state {
+                return e.to_string();
+            }
+            if m.changed().await.is_err() {
+                return "raft stopped".into();
+            }
+        }
+    }
+
     /// Stops Raft and the server.
     pub async fn shutdown(mut self) {
         if let Err(e) = self.raft.shutdown().await {

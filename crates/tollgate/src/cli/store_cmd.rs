@@ -129,7 +129,14 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             .context("joining the cluster")?;
         eprintln!("tollgate store: node {} joined through {join}", node.id);
     }
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        why = node.fatal() => {
+            eprintln!("tollgate store: raft stopped on a fatal error, exiting so the node restarts clean: {why}");
+            node.shutdown().await;
+            bail!("raft stopped: {why}");
+        }
+    }
     eprintln!("tollgate store: shutting down");
     node.shutdown().await;
     Ok(())
