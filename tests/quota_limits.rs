@@ -653,3 +653,98 @@ async fn limits_change_at_run_time_and_answer_like_openai() {
     );
     assert_eq!(r.status, 403);
 }
+
+/// The store's held units of the token budget bucket.
+async fn budget_held(fleet: &Fleet) -> u64 {
+    fleet
+        .buckets()
+        .await
+        .iter()
+        .find(|b| b["limit"]["dimension"].get("token_budget").is_some())
+        .and_then(|b| b["held"].as_u64())
+        .unwrap_or(0)
+}
+
+/// An `Acquire` that commits in the store but whose answer is lost (requests reach the store,
+/// answers do not) is sent again as is — same request id, same body — once the link heals: the
+/// gateway learns the grant it missed, so its closing call on SIGTERM gives everything back and
+/// nothing stays held in the store. (A fresh call instead would leave the missed grant held
+/// until its lease lapses, ~11 minutes, and report any overrun twice.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_acquire_is_sent_again_so_no_grant_is_stranded() {
+    use harness::gateway::{Proc, wait_http};
+    use tollgate_chaos::proxy::{Fault, Proxy};
+    let budget = limit(
+        "p1",
+        Dimension::TokenBudget {
+            period: Period::Month,
+        },
+        1_000_000,
+        FailPolicy::Strict,
+    );
+    let fleet = Fleet::start(1, 0, vec![budget], json!({"completion_tokens": 4})).await;
+    let store = fleet.cluster.addrs()[0].clone();
+    let proxy = Proxy::start("g->s1", &store).await.expect("proxy");
+    let dir = fleet.cluster.dir.path().to_path_buf();
+    let addr = format!("127.0.0.1:{}", harness::free_port());
+    let args: Vec<String> = vec![
+        "gateway".into(),
+        "--listen".into(),
+        addr.clone(),
+        "--store".into(),
+        store.clone(),
+        "--store-token".into(),
+        fleet.cluster.token.clone(),
+        "--data-dir".into(),
+        dir.join("gw-a").display().to_string(),
+        "--gateway-id".into(),
+        "gw-a".into(),
+        "--dial-via".into(),
+        format!("{store}={}", proxy.addr()),
+    ];
+    let mut gw = Proc::spawn(&args, dir.join("gw-a.log"));
+    wait_http(&addr, "/readyz", 200, &gw);
+    let key = fleet.keys[0].clone();
+    let send = |addr: String, key: String| {
+        tokio::task::spawn_blocking(move || post(&addr, &key, &body(8).to_string()))
+    };
+    // answers from the store are lost from here on; requests still arrive
+    proxy.set(Fault::OneWay { to_target: true });
+    proxy.reset_all();
+    let r = send(addr.clone(), key.clone()).await.expect("request");
+    assert_eq!(r.status, 503, "strict, no lease: {}", r.body);
+    // the store committed a grant the gateway never heard of
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while budget_held(&fleet).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the Acquire never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.set(Fault::Pass);
+    proxy.reset_all();
+    // refreshes succeed again: requests are admitted
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = send(addr.clone(), key.clone()).await.expect("request");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never admitted again: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gw.terminate(), "the gateway did not stop on SIGTERM");
+    // the closing call returned every unit the gateway held, including the missed grant
+    let held = budget_held(&fleet).await;
+    assert_eq!(
+        held,
+        0,
+        "units left held in the store: {:?}",
+        fleet.buckets().await
+    );
+}

@@ -108,6 +108,9 @@ pub struct Quota {
     pub started: Instant,
     /// Most usage records per `Acquire` (halved when the store refuses one, regrown after).
     pub(crate) batch_limit: std::sync::atomic::AtomicUsize,
+    /// An `Acquire` whose fate is unknown (no answer: it may have committed), sent again as is
+    /// — same request id, same body — before anything else (`refresh::Call`).
+    pub(crate) pending: Mutex<Option<refresh::Call>>,
 }
 
 impl Quota {
@@ -128,6 +131,7 @@ impl Quota {
             stats: QuotaStats::default(),
             started: mono_now(),
             batch_limit: std::sync::atomic::AtomicUsize::new(ship::BATCH_MAX),
+            pending: Mutex::new(None),
         }
     }
 

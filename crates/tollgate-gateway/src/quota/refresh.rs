@@ -65,10 +65,42 @@ struct Sent {
     returned: Vec<(LimitKey, u64, u64)>,
 }
 
+/// One `Acquire` as sent: kept whole while its fate is unknown, so that it can be sent again
+/// identically. A call that got no answer may have committed — its grants held, its returns and
+/// overruns applied — so sending a *new* body instead would report the overruns twice (double
+/// debt) and leave the unseen grants held until their leases lapse. The same request id makes
+/// the store answer a repeat with the first outcome (RQ-1) or apply it now, once.
+pub(crate) struct Call {
+    id: String,
+    body: AcquireBody,
+    sent: Sent,
+    batch: ship::Batch,
+    /// Taken before the first send: a grant's lifetime counts from here (conservative).
+    t0: Instant,
+    config_gen: u64,
+}
+
+/// How long an unanswered call is kept to be sent again: well inside the store's 15-minute
+/// dedup window (past it, a repeat would apply as new), and longer than any lease it touched.
+const PENDING_MAX: Duration = Duration::from_secs(300);
+
 impl Quota {
-    /// Builds, sends and applies one `Acquire`. `closing`: return everything, want nothing.
+    /// One refresh: first settles an unanswered call by sending it again; then builds, sends
+    /// and applies a new `Acquire`. `closing`: return everything, want nothing.
     pub async fn refresh_once(&self, rpc: &StoreRpc, closing: bool) {
         let n = self.refresh_starting();
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(call) = pending
+            && !self.send(rpc, call).await
+        {
+            // still no answer: nothing new goes out before that call is settled
+            self.refreshed(n);
+            return;
+        }
         let (mut body, sent) = self.build_acquire(closing);
         let limit = self.batch_limit.load(Ordering::Relaxed);
         let batch = self.shipper.take_batch(limit, sent.budget);
@@ -77,49 +109,70 @@ impl Quota {
             self.refreshed(n);
             return;
         }
-        let t0 = mono_now();
-        let config_gen = self.config_gen.load(Ordering::Acquire);
-        let shipped = batch.records.len();
-        match rpc.acquire(&body).await {
+        let call = Call {
+            id: uuid::Uuid::now_v7().to_string(),
+            body,
+            sent,
+            batch,
+            t0: mono_now(),
+            config_gen: self.config_gen.load(Ordering::Acquire),
+        };
+        self.send(rpc, call).await;
+        self.refreshed(n);
+    }
+
+    /// Sends `call` and applies the answer; false when no answer came (the call is then kept
+    /// pending, or given up once too old).
+    async fn send(&self, rpc: &StoreRpc, call: Call) -> bool {
+        let shipped = call.batch.records.len();
+        match rpc.acquire(&call.body, &call.id).await {
             Ok(res) => {
                 self.store_ok.store(true, Ordering::Relaxed);
                 self.stats.refresh_ok.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .last_refresh_ms
-                    .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                self.shipper.acked(&batch, &res.acks);
-                let current = self.config_gen.load(Ordering::Acquire) == config_gen;
-                self.apply(&res, t0, &sent, current);
+                    .store(call.t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                self.shipper.acked(&call.batch, &res.acks);
+                let current = self.config_gen.load(Ordering::Acquire) == call.config_gen;
+                self.apply(&res, call.t0, &call.sent, current);
                 if shipped > 0 {
                     // grow the batch back after a refusal shrank it
                     let limit = self.batch_limit.load(Ordering::Relaxed);
                     self.batch_limit
                         .store((limit * 2).min(ship::BATCH_MAX), Ordering::Relaxed);
                 }
+                true
             }
-            Err(e) => {
+            Err(e @ AcquireError::Unreachable(_)) => {
                 self.stats.refresh_failed.fetch_add(1, Ordering::Relaxed);
-                self.shipper.requeue(batch);
-                self.restore_overruns(&sent);
-                match e {
-                    AcquireError::Unreachable(_) => {
-                        if self.store_ok.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "lease refresh failed; admitting on live leases, then by fail policy");
-                        }
-                    }
-                    AcquireError::Refused(_) => {
-                        // the store applied nothing: the returned units are still this lease's
-                        self.restore_returns(&sent);
-                        // the store is there but refused this call: ship fewer records next time
-                        let limit = self.batch_limit.load(Ordering::Relaxed);
-                        self.batch_limit
-                            .store((limit / 2).max(1), Ordering::Relaxed);
-                        tracing::error!(error = %e, records = shipped, "lease refresh refused");
-                    }
+                if self.store_ok.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "lease refresh failed; admitting on live leases, then by fail policy");
                 }
+                if call.t0.elapsed() < PENDING_MAX {
+                    *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(call);
+                } else {
+                    // too old to repeat safely: records ship again (deduplicated per record);
+                    // the overruns are reported again (at worst counted twice as debt)
+                    tracing::error!(request_id = %call.id, "giving up an unanswered lease refresh");
+                    self.shipper.requeue(call.batch);
+                    self.restore_overruns(&call.sent);
+                }
+                false
+            }
+            Err(e @ AcquireError::Refused(_)) => {
+                self.stats.refresh_failed.fetch_add(1, Ordering::Relaxed);
+                // the store applied nothing: everything the call carried is still ours
+                self.shipper.requeue(call.batch);
+                self.restore_overruns(&call.sent);
+                self.restore_returns(&call.sent);
+                // the store is there but refused this call: ship fewer records next time
+                let limit = self.batch_limit.load(Ordering::Relaxed);
+                self.batch_limit
+                    .store((limit / 2).max(1), Ordering::Relaxed);
+                tracing::error!(error = %e, records = shipped, "lease refresh refused");
+                true
             }
         }
-        self.refreshed(n);
     }
 
     fn build_acquire(&self, closing: bool) -> (AcquireBody, Sent) {

@@ -94,10 +94,15 @@ impl StoreRpc {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = l;
     }
 
-    pub async fn acquire(&self, body: &AcquireBody) -> Result<AcquireResult, AcquireError> {
+    /// Sends one `Acquire` under `request_id` (the store's dedup answers a repeat of the same
+    /// id with the first outcome, so an unanswered call can be sent again safely).
+    pub async fn acquire(
+        &self,
+        body: &AcquireBody,
+        request_id: &str,
+    ) -> Result<AcquireResult, AcquireError> {
         let json = serde_json::to_vec(body)
             .map_err(|e| AcquireError::Refused(format!("encoding acquire: {e}")))?;
-        let request_id = uuid::Uuid::now_v7().to_string();
         let deadline = Instant::now() + CALL_DEADLINE;
         let mut next = 0usize;
         let mut target = self.leader();
@@ -113,7 +118,7 @@ impl StoreRpc {
             };
             let mut req = tonic::Request::new(AcquireRequest {
                 gateway_id: self.holder.clone(),
-                request_id: request_id.clone(),
+                request_id: request_id.to_owned(),
                 body_json: json.clone(),
             });
             if let Some(t) = &self.token
