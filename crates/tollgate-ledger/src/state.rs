@@ -66,6 +66,9 @@ pub struct State {
     /// a snapshot clones them in O(1) instead of copying every record under the state lock.
     pub ledger: imbl::Vector<LedgerEntry>,
     pub usage_index: imbl::OrdMap<RequestId, UsageIndex>,
+    /// The ids of `usage_index` that carry a time (UUIDv7), by that time: pruned past the
+    /// retention (`usage::USAGE_DEDUP_RETENTION_MS`), which bounds the index.
+    pub usage_by_time: imbl::OrdSet<(u64, RequestId)>,
     pub audit: imbl::Vector<AuditRecord>,
     pub dedup: Dedup,
 }

@@ -12,6 +12,25 @@ use tollgate_types::usage::UsageRecord;
 /// Most records in one `RecordUsage`.
 pub const USAGE_BATCH_MAX: usize = 1_000;
 
+/// How long the dedup index remembers a request id, counted from the time inside the id (the
+/// gateway's UUIDv7, taken when the request arrived). A record older than that is refused as
+/// `Late` — never appended, so never counted twice — and its id is dropped from the index.
+/// Seven days: far longer than a gateway keeps an unacknowledged record while its store is
+/// reachable; a gateway cut off longer sets its late records aside for backfill.
+pub const USAGE_DEDUP_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
+
+/// The time (ms since the Unix epoch) inside a UUIDv7 request id — every id a gateway assigns —
+/// and `None` for any other id (those are remembered forever and never late).
+pub fn id_time_ms(id: &str) -> Option<u64> {
+    let b = id.as_bytes();
+    let dashes = [8, 13, 18, 23].iter().all(|&i| b.get(i) == Some(&b'-'));
+    if b.len() != 36 || !dashes || b[14] != b'7' {
+        return None;
+    }
+    let hex = [&id[0..8], &id[9..13]].concat();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
 /// A ledger entry: the record, its sequence number and the store time it was applied at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
@@ -71,6 +90,7 @@ impl State {
         holder: &str,
         touched: &mut Touched,
     ) -> UsageAck {
+        self.prune_usage_index();
         match self.usage_index.get(&r.request_id) {
             Some(UsageIndex::InLedger { seq }) => {
                 let same = self
@@ -89,6 +109,14 @@ impl State {
                 };
             }
             None => {}
+        }
+        let t = id_time_ms(r.request_id.as_str());
+        let closed_before_ms = self.clock_ms.saturating_sub(USAGE_DEDUP_RETENTION_MS);
+        if t.is_some_and(|t| t < closed_before_ms) {
+            return UsageAck::Late { closed_before_ms };
+        }
+        if let Some(t) = t {
+            self.usage_by_time.insert((t, r.request_id.clone()));
         }
         if let Err(reason) = self.check_record(r) {
             self.usage_index.insert(
@@ -111,6 +139,19 @@ impl State {
         UsageAck::Accepted { seq }
     }
 
+    /// Drops the ids whose time is past the retention: any record with one is refused as late,
+    /// so forgetting them cannot let a duplicate in.
+    fn prune_usage_index(&mut self) {
+        let closed_before = self.clock_ms.saturating_sub(USAGE_DEDUP_RETENTION_MS);
+        while let Some((t, id)) = self.usage_by_time.get_min().cloned() {
+            if t >= closed_before {
+                break;
+            }
+            self.usage_by_time.remove(&(t, id.clone()));
+            self.usage_index.remove(&id);
+        }
+    }
+
     fn check_record(&self, r: &UsageRecord) -> Result<(), String> {
         if !self.orgs.contains_key(&r.org) {
             return Err(format!("unknown org {}", r.org));
@@ -128,7 +169,10 @@ impl State {
     /// lease. Rate tokens were withdrawn when granted and concurrency slots come back by
     /// returns, so neither settles here.
     fn settle_record(&mut self, r: &UsageRecord, holder: &str, touched: &mut Touched) {
+        // the budget period the request was admitted in (its id's time, never later than the
+        // store's clock), not the one it happens to arrive in after a period boundary
         let now = self.clock_ms;
+        let admitted = id_time_ms(r.request_id.as_str()).map_or(now, |t| t.min(now));
         let applicable: Vec<(tollgate_types::limits::LimitKey, u64, u64)> = self
             .limits
             .values()
@@ -136,7 +180,7 @@ impl State {
             .filter_map(|l| usage_amount(l.dimension, r).map(|a| (l.key(), l.limit, a)))
             .collect();
         for (key, limit, amount) in applicable {
-            let bucket_id = (key.clone(), bucket_period(key.dimension, now));
+            let bucket_id = (key.clone(), bucket_period(key.dimension, admitted));
             self.settle_into(holder, bucket_id.clone(), limit, amount);
             touched.buckets.push(bucket_id);
         }

@@ -621,3 +621,87 @@ fn past_period_buckets_without_holds_are_pruned() {
     assert_ne!(later, first);
     assert_eq!(f.state.ledger.len(), 2, "the ledger keeps the history");
 }
+
+/// A gateway's record: a UUIDv7 request id minted at `at_ms` (as the gateway does).
+fn v7_record(at_ms: u64, n: u16, tokens: u64) -> UsageRecord {
+    let rid = format!(
+        "{:08x}-{:04x}-7000-8000-{:012x}",
+        at_ms >> 16,
+        at_ms & 0xffff,
+        n
+    );
+    UsageRecord {
+        request_id: id::<RequestId>(&rid),
+        started_at_ms: at_ms,
+        ended_at_ms: at_ms,
+        ..record(0, tokens, 0)
+    }
+}
+
+#[test]
+fn the_usage_index_forgets_ids_past_the_retention_and_refuses_them_as_late() {
+    use tollgate_ledger::usage::{USAGE_DEDUP_RETENTION_MS, id_time_ms};
+    let mut f = Fixture::new();
+    let r = v7_record(f.ts, 1, 10);
+    assert_eq!(id_time_ms(r.request_id.as_str()), Some(f.ts));
+    assert_eq!(id_time_ms("r1"), None, "other ids carry no time");
+    let send = |f: &mut Fixture, r: &UsageRecord| {
+        usage_ack(&f.run(Command::RecordUsage {
+            records: vec![r.clone()],
+        }))
+        .cloned()
+    };
+    assert_eq!(send(&mut f, &r), Some(UsageAck::Accepted { seq: 1 }));
+    let old = v7_record(f.ts, 2, 10);
+    // inside the retention: remembered, a repeat is a duplicate
+    f.ts += USAGE_DEDUP_RETENTION_MS - 1;
+    assert_eq!(send(&mut f, &r), Some(UsageAck::Duplicate { seq: 1 }));
+    // past it: forgotten (the index is bounded), and a repeat — even with another body, or a
+    // record never seen — is refused as late instead of counted (again)
+    f.ts += 2;
+    assert_eq!(f.state.usage_index.len(), 1);
+    let closed_before_ms = f.ts - USAGE_DEDUP_RETENTION_MS;
+    let late = Some(UsageAck::Late { closed_before_ms });
+    assert_eq!(send(&mut f, &r), late);
+    assert!(f.state.usage_index.is_empty(), "pruned");
+    assert!(f.state.usage_by_time.is_empty());
+    let changed = UsageRecord {
+        prompt_tokens: 99,
+        ..r.clone()
+    };
+    assert_eq!(send(&mut f, &changed), late);
+    assert_eq!(send(&mut f, &old), late);
+    assert_eq!(f.state.ledger.len(), 1, "nothing appended twice");
+    f.state.check_all_invariants().expect("invariants");
+    // ids without a time are remembered as before
+    let plain = record(7, 10, 0);
+    assert_eq!(send(&mut f, &plain), Some(UsageAck::Accepted { seq: 2 }));
+    assert_eq!(send(&mut f, &plain), Some(UsageAck::Duplicate { seq: 2 }));
+}
+
+#[test]
+fn usage_settles_into_the_period_it_was_admitted_in() {
+    let mut f = Fixture::new();
+    let daily = Limit {
+        dimension: Dimension::TokenBudget {
+            period: Period::Day,
+        },
+        ..limit(0, 1000, 0)
+    };
+    f.run(Command::PutLimit(daily.clone()));
+    let day = |t: u64| bucket_period(daily.dimension, t);
+    // admitted just before midnight, shipped just after: it counts for the day it ran in
+    let midnight = (f.ts / 86_400_000 + 1) * 86_400_000;
+    let r = v7_record(midnight - 1_000, 1, 10);
+    f.ts = midnight + 2_000;
+    f.run(Command::RecordUsage { records: vec![r] });
+    let settled = |s: &State, p: u64| s.buckets.get(&(daily.key(), p)).map_or(0, |b| b.settled);
+    assert_eq!(settled(&f.state, day(midnight - 1)), 10);
+    assert_eq!(settled(&f.state, day(midnight)), 0);
+    // a gateway clock ahead of the store's never books into a future period
+    let ahead = v7_record(midnight + 3 * 86_400_000, 2, 5);
+    f.run(Command::RecordUsage {
+        records: vec![ahead],
+    });
+    assert_eq!(settled(&f.state, day(f.ts)), 5);
+}

@@ -54,6 +54,10 @@ pub enum UsageAck {
     Conflict { seq: u64 },
     /// Rejected for good (e.g. unknown org); a retry gets the same rejection.
     Rejected { reason: String },
+    /// Too old: the request id's own time is before the dedup horizon (`closed_before_ms`,
+    /// store time minus the retention), so the store can no longer tell whether it was already
+    /// counted. Nothing changed; the gateway sets the record aside for backfill.
+    Late { closed_before_ms: u64 },
 }
 
 impl UsageRecord {

@@ -69,6 +69,9 @@ pub struct Journal {
     pub stats: JournalStats,
 }
 
+/// Records the store refused as late, set aside for backfill (`Journal::set_aside`).
+pub const LATE_FILE: &str = "late-usage.jsonl";
+
 fn segment_name(start: u64) -> String {
     format!("{start:020}.journal")
 }
@@ -266,6 +269,20 @@ impl Journal {
 
     /// The store acknowledged every settled entry up to `seq`: move the cursor and delete
     /// segments that hold nothing unacknowledged or open.
+    /// Sets aside a record the store refused as late (older than its dedup horizon): appended
+    /// and synced to `late-usage.jsonl` in the journal dir, one JSON object per line. This is
+    /// the backfill path — an operator bills or credits these by hand; they are never shipped
+    /// again (the store could not tell whether they were already counted).
+    pub fn set_aside(&self, r: &UsageRecord, closed_before_ms: u64) -> io::Result<()> {
+        let line = serde_json::json!({"closed_before_ms": closed_before_ms, "record": r});
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(LATE_FILE))?;
+        f.write_all(format!("{line}\n").as_bytes())?;
+        f.sync_data()
+    }
+
     pub fn ack(&self, seq: u64) -> io::Result<()> {
         if seq <= self.acked.load(Ordering::Acquire) {
             return Ok(());

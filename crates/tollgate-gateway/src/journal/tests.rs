@@ -170,3 +170,20 @@ fn one_process_per_journal() {
     drop(first);
     assert!(Journal::open(dir.path()).is_ok(), "free again once closed");
 }
+
+#[test]
+fn late_records_are_set_aside_for_backfill_one_json_line_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (j, _) = Journal::open(dir.path()).expect("open");
+    j.set_aside(&record("r1", 4), 77).expect("set aside");
+    j.set_aside(&record("r2", 5), 78).expect("set aside");
+    let text = std::fs::read_to_string(dir.path().join(LATE_FILE)).expect("late file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["closed_before_ms"], 77);
+    assert_eq!(lines[1]["record"]["request_id"], "r2");
+    assert_eq!(lines[1]["record"]["completion_tokens"], 5);
+}

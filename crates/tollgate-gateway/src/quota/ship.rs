@@ -45,6 +45,8 @@ pub struct Shipper {
     journal: Option<Arc<Journal>>,
     pub shipped: AtomicU64,
     pub rejected: AtomicU64,
+    /// Records the store refused as late, set aside for backfill.
+    pub late: AtomicU64,
     pub dropped: AtomicU64,
 }
 
@@ -56,6 +58,7 @@ impl Shipper {
             journal,
             shipped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
     }
@@ -166,16 +169,30 @@ impl Shipper {
 
     /// The store answered for a shipped batch: count, and move the journal's cursor.
     pub fn acked(&self, batch: &Batch, acks: &[UsageAck]) {
-        for a in acks {
+        for (r, a) in batch.records.iter().zip(acks) {
             match a {
                 UsageAck::Accepted { .. } | UsageAck::Duplicate { .. } => {
-                    self.shipped.fetch_add(1, Ordering::Relaxed)
+                    self.shipped.fetch_add(1, Ordering::Relaxed);
                 }
                 UsageAck::Conflict { .. } | UsageAck::Rejected { .. } => {
                     tracing::warn!(target: "tollgate::usage", ack = ?a, "usage record not accepted");
-                    self.rejected.fetch_add(1, Ordering::Relaxed)
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
                 }
-            };
+                UsageAck::Late { closed_before_ms } => {
+                    self.late.fetch_add(1, Ordering::Relaxed);
+                    let kept = self
+                        .journal
+                        .as_ref()
+                        .map(|j| j.set_aside(r, *closed_before_ms));
+                    tracing::error!(
+                        target: "tollgate::usage",
+                        request_id = %r.request_id,
+                        closed_before_ms,
+                        set_aside = ?kept,
+                        "usage record refused as late (older than the store's dedup horizon); set aside in journal/late-usage.jsonl for backfill"
+                    );
+                }
+            }
         }
         if let (Some(j), Some(max)) = (&self.journal, batch.seqs.iter().max())
             && let Err(e) = j.ack(*max)

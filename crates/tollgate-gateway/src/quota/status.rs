@@ -207,6 +207,11 @@ impl Quota {
                 load(&self.shipper.rejected),
             ),
             (
+                "tollgate_gateway_usage_late_total",
+                "counter",
+                load(&self.shipper.late),
+            ),
+            (
                 "tollgate_gateway_usage_dropped_total",
                 "counter",
                 load(&self.shipper.dropped),
