@@ -37,6 +37,12 @@ pub struct OracleRow {
     pub complete: bool,
     /// Times served (a gateway retry repeats an id).
     pub attempts: u32,
+    /// Each try as served: `[prompt, completion, complete (0/1)]` (empty: not reported).
+    #[serde(default)]
+    pub tries: Vec<[u64; 3]>,
+    /// The request's `user` field: the workload tags idempotent requests `idem:<key>`.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// A store bucket (one limit, one period) as the leader reports it.
@@ -100,6 +106,11 @@ pub struct Observed {
     pub crashed: Vec<String>,
     /// Why the final state (ledger, buckets) could not be read, if it could not.
     pub observe_error: Option<String>,
+    /// Every admission was backed by a lease (strict policies) and input estimates are exact
+    /// (the simulated upstream counts tokens the way the gateway estimates them): then budgets
+    /// must end with no debt at all, not merely `U ≤ L + D`.
+    #[serde(default)]
+    pub exact_estimates: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,7 +281,13 @@ fn by_id(o: &Observed) -> BTreeMap<&str, &LedgerRow> {
 fn lg2(o: &Observed) -> Check {
     let ledger = by_id(o);
     let mut v = Vec::new();
-    let complete: Vec<&Attempt> = o.attempts.iter().filter(|a| a.complete).collect();
+    // a replay is the stored answer of an earlier execution (GW-4 checks those), under a fresh
+    // request id that is never billed
+    let complete: Vec<&Attempt> = o
+        .attempts
+        .iter()
+        .filter(|a| a.complete && !a.replayed)
+        .collect();
     for a in &complete {
         let Some(id) = a.request_id.as_deref() else {
             v.push(format!(
@@ -343,15 +360,22 @@ fn lg3(o: &Observed) -> Check {
         compared += 1;
         ledger_tokens += r.tokens();
         oracle_tokens += s.prompt_tokens + s.completion_tokens;
-        // a retried id was served more than once; only the delivered attempt is billed
-        let exact = s.attempts <= 1;
+        // a retried id was served more than once: the ledger bills the one try that was
+        // delivered whole, never a sum
         let (lp, lc) = (r.prompt_tokens, r.completion_tokens);
-        if (exact && (lp, lc) != (s.prompt_tokens, s.completion_tokens))
-            || (!exact && (lp > s.prompt_tokens || lc > s.completion_tokens))
-        {
+        let matches = if s.attempts <= 1 {
+            (lp, lc) == (s.prompt_tokens, s.completion_tokens)
+        } else if s.tries.is_empty() {
+            lp <= s.prompt_tokens && lc <= s.completion_tokens
+        } else {
+            s.tries
+                .iter()
+                .any(|t| t[2] == 1 && (t[0], t[1]) == (lp, lc))
+        };
+        if !matches {
             v.push(format!(
-                "{}: ledger {lp}+{lc}, upstream served {}+{} in {} attempt(s)",
-                r.request_id, s.prompt_tokens, s.completion_tokens, s.attempts
+                "{}: ledger {lp}+{lc}, upstream served {}+{} in {} attempt(s) {:?}",
+                r.request_id, s.prompt_tokens, s.completion_tokens, s.attempts, s.tries
             ));
         }
     }
@@ -411,10 +435,16 @@ fn budget(o: &Observed) -> Check {
                 b.scope, b.checked_limit, b.debt
             ));
         }
+        if o.exact_estimates && b.debt > 0 {
+            v.push(format!(
+                "{}: debt {} with exact estimates and strict policies (over-admission)",
+                b.scope, b.debt
+            ));
+        }
     }
     check(
         "BUDGET-BOUND",
-        "usage of every budget U ≤ L + D (docs/design/quotas.md §4)",
+        "usage of every budget U ≤ L + D, and D = 0 when every admission had a lease and estimates are exact (docs/design/quotas.md §4)",
         detail.join("; "),
         v,
     )
@@ -501,25 +531,40 @@ fn holds(o: &Observed) -> Check {
     )
 }
 
+/// The tag the workload puts in an idempotent request's `user` field.
+pub fn idem_tag(key: &str) -> String {
+    format!("idem:{key}")
+}
+
 fn idempotency(o: &Observed) -> Check {
-    // executions per idempotency key: complete, not replayed responses
     let mut by_key: BTreeMap<&str, Vec<&Attempt>> = BTreeMap::new();
     for a in &o.attempts {
         if let Some(k) = a.idempotency_key.as_deref() {
             by_key.entry(k).or_default().push(a);
         }
     }
-    let mut v = Vec::new();
-    let mut retried = 0;
-    for (k, tries) in &by_key {
-        if tries.len() > 1 {
-            retried += 1;
+    // executions, counted where they happen: request ids the upstream served under the key's
+    // tag and the gateway completed (a completed response is what the gateway stores to replay;
+    // a failed one frees the key, so a retry after it runs again by design)
+    let ledger = by_id(o);
+    let mut executions: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (id, s) in &o.oracle {
+        let Some(key) = s.user.as_deref().and_then(|u| u.strip_prefix("idem:")) else {
+            continue;
+        };
+        if ledger
+            .get(id.as_str())
+            .is_some_and(|r| r.status == "completed")
+        {
+            executions.entry(key).or_default().insert(id);
         }
-        let executed: BTreeSet<&str> = tries
-            .iter()
-            .filter(|a| a.complete && !a.replayed)
-            .filter_map(|a| a.request_id.as_deref())
-            .collect();
+    }
+    let mut v = Vec::new();
+    let (mut retried, mut replays) = (0, 0);
+    for (k, tries) in &by_key {
+        retried += (tries.len() > 1) as usize;
+        replays += tries.iter().filter(|a| a.replayed).count();
+        let executed = executions.get(k).map_or(0, BTreeSet::len);
         let (first, last) = (
             tries.iter().map(|a| a.sent_ms).min().unwrap_or(0),
             tries.iter().map(|a| a.ended_ms).max().unwrap_or(0),
@@ -529,19 +574,19 @@ fn idempotency(o: &Observed) -> Check {
             .gateway_restarts
             .iter()
             .any(|(g, at)| *g == gw && (first..=last).contains(at));
-        if executed.len() > 1 && !restarted {
+        if executed > 1 && !restarted {
             v.push(format!(
-                "Idempotency-Key {k}: executed {} times on gateway {gw}",
-                executed.len()
+                "Idempotency-Key {k}: executed {executed} times on gateway {gw}: {:?}",
+                executions.get(k)
             ));
         }
     }
     let n = v.len();
     check(
         "GW-4",
-        "an Idempotency-Key retried on the same gateway (no restart in between) executes once",
+        "an Idempotency-Key repeated on the same gateway (no restart in between) executes upstream once",
         format!(
-            "{} keys, {retried} retried, {n} executed twice",
+            "{} keys, {retried} sent more than once, {replays} replays, {n} executed twice",
             by_key.len()
         ),
         v,

@@ -217,9 +217,9 @@ impl Cluster {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let data_dir = self.dir.join(format!("gateway-{g}"));
         std::fs::create_dir_all(&data_dir)?;
-        let founding: Vec<String> = (1..=self.topology.stores)
-            .map(|i| addrs[&i].clone())
-            .collect();
+        // every store id, spares included: after membership changes the founding nodes may all
+        // be gone, and a gateway (re)started then must still find the cluster
+        let stores: Vec<String> = addrs.values().cloned().collect();
         let dial = addrs
             .iter()
             .map(|(id, a)| format!("{a}={}", self.gateway_links[&(g, *id)].addr()))
@@ -230,7 +230,7 @@ impl Cluster {
             "--listen",
             &addr,
             "--store",
-            &founding.join(","),
+            &stores.join(","),
             "--store-token",
             &self.admin_token,
             "--data-dir",
@@ -405,6 +405,12 @@ impl Cluster {
                         }
                         prev["complete"] =
                             (prev["complete"] == true || s["complete"] == true).into();
+                        let mut tries = prev["tries"].as_array().cloned().unwrap_or_default();
+                        tries.extend(s["tries"].as_array().cloned().unwrap_or_default());
+                        prev["tries"] = Value::Array(tries);
+                        if prev["user"].is_null() {
+                            prev["user"] = s["user"].clone();
+                        }
                     }
                     None => {
                         out.insert(id, s);

@@ -156,9 +156,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     }
     say("chaos: load stopped; healing and checking".into());
     let mut c = cluster.lock().await;
+    let healed_at = Instant::now();
     heal_all(&mut c).await;
-    let recovery = observe::recovery(&c).await;
-    let replicas = observe::replicas(&c).await;
+    let recovery = observe::recovery(&c).await.map(|_| healed_at.elapsed());
     let read = async {
         let (l, o) = observe::settled_ledger(&c).await?;
         anyhow::Ok((l, o, observe::buckets(&c).await?))
@@ -172,6 +172,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
             Some(format!("{e:#}")),
         ),
     };
+    // after the ledger caught up: the replicas are compared on the final state
+    let replicas = observe::replicas(&c).await;
     let observed = Observed {
         attempts: attempts.clone(),
         ledger,
@@ -186,6 +188,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         gateway_restarts: gateway_restarts(&faults),
         crashed: crashed(&mut c),
         observe_error,
+        // strict policies everywhere, and the simulated upstream counts a token per word,
+        // exactly as the gateway estimates
+        exact_estimates: true,
     };
     let checks = checker::check_all(&observed);
     let mut counts = report::counts(&attempts, &faults);
@@ -294,7 +299,9 @@ fn gateway_restarts(faults: &[Applied]) -> Vec<(usize, u64)> {
     let mut out = Vec::new();
     for f in faults.iter().filter(|f| f.ok) {
         match f.fault {
-            FaultKind::KillGateway { gateway } => out.push((gateway, f.healed_ms)),
+            FaultKind::KillGateway { gateway } | FaultKind::GatewayDiskFull { gateway } => {
+                out.push((gateway, f.healed_ms))
+            }
             FaultKind::GatewayDrift { gateway, .. } => {
                 out.push((gateway, f.at_ms));
                 out.push((gateway, f.healed_ms));

@@ -95,6 +95,8 @@ pub async fn oracle(c: &Cluster) -> anyhow::Result<BTreeMap<String, OracleRow>> 
                 completion_tokens: v["completion_tokens"].as_u64().unwrap_or(0),
                 complete: v["complete"] == true,
                 attempts: v["attempts"].as_u64().unwrap_or(1) as u32,
+                tries: serde_json::from_value(v["tries"].clone()).unwrap_or_default(),
+                user: v["user"].as_str().map(str::to_owned),
             };
             (id, row)
         })

@@ -33,9 +33,6 @@ impl Proc {
 
     /// Starts the process with its arguments plus `extra`; its output is appended to the log.
     pub fn start_with(&mut self, extra: &[String]) -> std::io::Result<()> {
-        if let Some(st) = self.exited() {
-            self.exits.push(st);
-        }
         self.kill();
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -91,8 +88,12 @@ impl Proc {
         self.paused
     }
 
-    /// `kill -9`: no chance to flush or clean up.
+    /// `kill -9`: no chance to flush or clean up. An exit the process already took on its own
+    /// is kept in `exits` (a kill must not hide a crash).
     pub fn kill(&mut self) {
+        if let Some(st) = self.exited() {
+            self.exits.push(st);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

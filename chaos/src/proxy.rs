@@ -132,7 +132,10 @@ async fn accept_loop(listener: TcpListener, ctx: Link) {
             continue;
         };
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve(client, ctx.clone()));
+        // resets count from the accept: a `reset_all` before the task first runs still applies
+        let mut epoch = ctx.epoch.clone();
+        epoch.mark_unchanged();
+        tokio::spawn(serve(client, ctx.clone(), epoch));
     }
 }
 
@@ -143,11 +146,11 @@ fn reset(s: TcpStream, stats: &ProxyStats) {
     drop(s);
 }
 
-async fn serve(client: TcpStream, ctx: Link) {
+async fn serve(client: TcpStream, ctx: Link, epoch: watch::Receiver<u64>) {
     let _ = client.set_nodelay(true);
     match ctx.current() {
         Fault::Drop { per_mille } if roll(per_mille) => return reset(client, &ctx.stats),
-        Fault::Blackhole => return swallow(client, ctx).await,
+        Fault::Blackhole => return swallow(client, ctx, epoch).await,
         _ => {}
     }
     let upstream =
@@ -160,9 +163,12 @@ async fn serve(client: TcpStream, ctx: Link) {
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let (kill, killed) = watch::channel(false);
+    // both directions subscribe before either runs, so neither can miss the other's reset
+    let ends = [(kill.subscribe(), epoch.clone()), (kill.subscribe(), epoch)];
+    let [up_end, down_end] = ends;
     let ((cr, uw), (ur, cw)) = tokio::join!(
-        pump(cr, uw, true, &ctx, &kill),
-        pump(ur, cw, false, &ctx, &kill)
+        pump(cr, uw, true, &ctx, &kill, up_end),
+        pump(ur, cw, false, &ctx, &kill, down_end)
     );
     if *killed.borrow() {
         if let Ok(c) = cr.reunite(cw) {
@@ -183,10 +189,8 @@ async fn pump(
     to_target: bool,
     ctx: &Link,
     kill: &watch::Sender<bool>,
+    (mut killed, mut epoch): (watch::Receiver<bool>, watch::Receiver<u64>),
 ) -> (OwnedReadHalf, OwnedWriteHalf) {
-    let mut killed = kill.subscribe();
-    let mut epoch = ctx.epoch.clone();
-    epoch.mark_unchanged();
     let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
         let n = tokio::select! {
@@ -239,9 +243,7 @@ async fn pump(
 
 /// Reads and discards until the dialler gives up or the connections are reset: a connection
 /// accepted into a blackhole never reaches the target, even after the fault lifts.
-async fn swallow(mut client: TcpStream, ctx: Link) {
-    let mut epoch = ctx.epoch.clone();
-    epoch.mark_unchanged();
+async fn swallow(mut client: TcpStream, ctx: Link, mut epoch: watch::Receiver<u64>) {
     let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
         tokio::select! {

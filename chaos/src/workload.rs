@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 /// Per-attempt deadline (the gateway's own total timeout is 30 s).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(40);
-/// Retries of an idempotent request after a failure, on the same gateway.
+/// Retries of an idempotent request after a failure (or one deliberate repeat after success),
+/// on the same gateway.
 const IDEMPOTENT_RETRIES: u32 = 3;
 
 /// One attempt as the client saw it.
@@ -155,7 +156,10 @@ async fn client_loop(ctx: Ctx, client: u32, mut rng: StdRng) {
                 words,
             )
             .await;
-            let again = idem.is_some() && !a.complete && retryable(&a);
+            // an idempotent request is retried after a failure, and a quarter of the completed
+            // ones are sent once more on purpose (that repeat must be a replay, not a rerun)
+            let repeat = idem.is_some() && a.complete && !a.replayed && rng.random_bool(0.25);
+            let again = idem.is_some() && (repeat || (!a.complete && retryable(&a)));
             let failed = a.status == 0 || a.status >= 500;
             ctx.attempts
                 .lock()
@@ -201,6 +205,10 @@ async fn attempt(
     });
     if stream {
         body["stream_options"] = json!({"include_usage": true});
+    }
+    if let Some(i) = idem {
+        // the upstream records it: executions per key are counted where they happen (GW-4)
+        body["user"] = json!(crate::checker::idem_tag(i));
     }
     let auth = format!("Bearer {}", k.secret);
     let mut headers = vec![

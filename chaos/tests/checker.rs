@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use tollgate_chaos::checker::{
-    BucketRow, Check, LedgerRow, Observed, OracleRow, RateSpec, ReplicaRow, check_all,
+    BucketRow, Check, LedgerRow, Observed, OracleRow, RateSpec, ReplicaRow, check_all, idem_tag,
 };
 use tollgate_chaos::workload::Attempt;
 
@@ -23,6 +23,17 @@ fn row(seq: u64, id: &str, project: &str, at_s: u64) -> LedgerRow {
         status: "completed".into(),
         estimated: false,
         started_at_ms: START + at_s * 1000,
+    }
+}
+
+fn served(prompt: u64, completion: u64) -> OracleRow {
+    OracleRow {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        complete: true,
+        attempts: 1,
+        tries: vec![[prompt, completion, 1]],
+        user: None,
     }
 }
 
@@ -44,6 +55,7 @@ fn attempt(id: &str, at_s: u64) -> Attempt {
 fn healthy() -> Observed {
     let mut o = Observed {
         start_wall_ms: START,
+        exact_estimates: true,
         recovery_ms: Some(40),
         recovery_bound_ms: 30_000,
         ..Observed::default()
@@ -55,15 +67,7 @@ fn healthy() -> Observed {
         o.attempts.push(attempt(&a, i));
         o.attempts.push(attempt(&b, i));
         for id in [a, b] {
-            o.oracle.insert(
-                id,
-                OracleRow {
-                    prompt_tokens: 7,
-                    completion_tokens: 12,
-                    complete: true,
-                    attempts: 1,
-                },
-            );
+            o.oracle.insert(id, served(7, 12));
         }
     }
     o.buckets.push(BucketRow {
@@ -164,15 +168,7 @@ fn an_over_admission_beyond_the_rate_bound_is_reported() {
     for i in 0..140u64 {
         let id = format!("burst{i}");
         o.ledger.push(row(1000 + i, &id, "p2", 30 + i / 7));
-        o.oracle.insert(
-            id,
-            OracleRow {
-                prompt_tokens: 7,
-                completion_tokens: 12,
-                complete: true,
-                attempts: 1,
-            },
-        );
+        o.oracle.insert(id, served(7, 12));
     }
     let c = only_fails(&o, "RATE-BOUND");
     assert!(c.violations[0].contains("> bound 131"), "{c:#?}");
@@ -239,7 +235,10 @@ fn a_leaked_hold_is_reported() {
 #[test]
 fn a_double_execution_of_an_idempotency_key_is_reported() {
     let mut o = healthy();
+    // two requests the upstream served under the same key's tag, both completed by the gateway
+    // (say the first answer was lost on the way back and the retry ran again)
     for (i, id) in ["a1", "a2"].iter().enumerate() {
+        o.oracle.get_mut(*id).expect("served").user = Some(idem_tag("k-1"));
         let a = o
             .attempts
             .iter_mut()
@@ -247,11 +246,33 @@ fn a_double_execution_of_an_idempotency_key_is_reported() {
             .expect("attempt");
         a.idempotency_key = Some("k-1".into());
         a.retry = i as u32;
+        a.complete = i == 1;
     }
-    only_fails(&o, "GW-4");
+    let c = only_fails(&o, "GW-4");
+    assert!(c.violations[0].contains("executed 2 times"), "{c:#?}");
     // a gateway restart in between explains it (the key store is in memory)
     o.gateway_restarts.push((0, 1_500));
     assert!(failed(&o).is_empty());
+}
+
+#[test]
+fn a_replay_is_neither_billed_nor_an_execution() {
+    let mut o = healthy();
+    o.oracle.get_mut("a1").expect("served").user = Some(idem_tag("k-2"));
+    o.attempts
+        .iter_mut()
+        .find(|a| a.request_id.as_deref() == Some("a1"))
+        .expect("attempt")
+        .idempotency_key = Some("k-2".into());
+    // the repeat: answered from the gateway's store under a fresh request id, never billed
+    o.attempts.push(Attempt {
+        idempotency_key: Some("k-2".into()),
+        retry: 1,
+        replayed: true,
+        ..attempt("replay-of-a1", 2)
+    });
+    let f = failed(&o);
+    assert!(f.is_empty(), "{f:#?}");
 }
 
 #[test]
@@ -268,30 +289,50 @@ fn a_slow_recovery_and_a_crash_are_reported() {
 }
 
 #[test]
-fn a_retried_upstream_attempt_is_not_billed_twice_and_not_a_difference() {
+fn a_retried_upstream_attempt_is_billed_for_the_delivered_try_only() {
     let mut o = healthy();
-    // served twice (a retry after a failure): the ledger bills the delivered attempt only
-    o.oracle.insert(
-        "a3".into(),
-        OracleRow {
-            prompt_tokens: 14,
-            completion_tokens: 12,
-            complete: true,
-            attempts: 2,
-        },
+    // served twice (the first try cut before the gateway had it whole, then retried on another
+    // upstream): the ledger bills the try that was delivered
+    let twice = OracleRow {
+        prompt_tokens: 14,
+        completion_tokens: 24,
+        complete: true,
+        attempts: 2,
+        tries: vec![[7, 12, 0], [7, 12, 1]],
+        user: None,
+    };
+    o.oracle.insert("a3".into(), twice.clone());
+    let f = failed(&o);
+    assert!(f.is_empty(), "{f:#?}");
+    // billing the sum of both tries is a difference, though it is within what was served
+    let a3 = o
+        .ledger
+        .iter_mut()
+        .find(|r| r.request_id == "a3")
+        .expect("a3");
+    a3.prompt_tokens = 14;
+    a3.completion_tokens = 24;
+    o.buckets[0].settled += 19;
+    o.buckets[0].held -= 19;
+    o.buckets[0].lease_remaining = vec![41];
+    let failed = failed(&o);
+    assert!(
+        failed
+            .iter()
+            .any(|c| c.name == "LG-3" && c.violations[0].contains("a3")),
+        "{failed:#?}"
     );
+}
+
+#[test]
+fn debt_under_exact_estimates_is_an_over_admission() {
+    let mut o = healthy();
+    o.buckets[0].debt = 5;
+    let c = only_fails(&o, "BUDGET-BOUND");
+    assert!(c.violations[0].contains("debt 5"), "{c:#?}");
+    // without exact estimates, debt within L + D is the documented bound
+    o.exact_estimates = false;
     assert!(failed(&o).is_empty());
-    // but a ledger above what the upstream served is a difference
-    o.oracle.insert(
-        "a3".into(),
-        OracleRow {
-            prompt_tokens: 5,
-            completion_tokens: 12,
-            complete: true,
-            attempts: 2,
-        },
-    );
-    only_fails(&o, "LG-3");
 }
 
 #[test]

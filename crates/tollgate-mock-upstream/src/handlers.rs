@@ -118,7 +118,7 @@ async fn route(
                 .stats
                 .all()
                 .into_iter()
-                .map(|(id, s)| (id, json!(s)))
+                .map(|(id, s, d)| (id, served_json(&s, &d)))
                 .collect();
             json_response(StatusCode::OK, &Value::Object(all))
         }
@@ -127,13 +127,25 @@ async fn route(
             json_response(StatusCode::OK, &json!({"reset": true}))
         }
         (Method::GET, p) if p.starts_with("/mock/served/") => {
-            match mock.stats.get(&p["/mock/served/".len()..]) {
-                Some(s) => json_response(StatusCode::OK, &json!(s)),
+            let id = &p["/mock/served/".len()..];
+            match mock.stats.get(id) {
+                Some(s) => json_response(
+                    StatusCode::OK,
+                    &served_json(&s, &mock.stats.detail(id).unwrap_or_default()),
+                ),
                 None => error(StatusCode::NOT_FOUND, "no request with this id", None),
             }
         }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint", None),
     }
+}
+
+/// One id's oracle entry: the sums over its tries, each try, and its `user` tag.
+fn served_json(s: &crate::stats::Served, d: &crate::stats::Detail) -> Value {
+    let mut v = json!(s);
+    v["tries"] = json!(d.tries);
+    v["user"] = json!(d.user);
+    v
 }
 
 /// The caller's `x-request-id`, or a generated one.
@@ -182,6 +194,9 @@ async fn inference(
         .and_then(Value::as_str)
         .unwrap_or("mock")
         .to_owned();
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        mock.stats.tag(&id, user);
+    }
     let prompt_tokens = match kind {
         Kind::Chat => count_messages(body.get("messages").unwrap_or(&Value::Null)),
         Kind::Completion => count_input(body.get("prompt").unwrap_or(&Value::Null)),

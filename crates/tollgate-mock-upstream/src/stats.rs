@@ -37,9 +37,24 @@ pub struct Totals {
     pub inflight_max: u64,
 }
 
+/// Per request id, beyond the sums: each try as served, and the request's `user` field (a
+/// caller's tag, e.g. the chaos workload's idempotency key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Detail {
+    /// `[prompt_tokens, completion_tokens, complete (0/1)]` per try, in order (at most
+    /// `TRIES_MAX` kept).
+    pub tries: Vec<[u64; 3]>,
+    pub user: Option<String>,
+}
+
+/// Tries remembered per id; longest `user` tag kept.
+pub const TRIES_MAX: usize = 16;
+pub const USER_CHARS_MAX: usize = 128;
+
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<String, Served>,
+    detail: HashMap<String, Detail>,
     order: VecDeque<String>,
     totals: Totals,
 }
@@ -83,6 +98,11 @@ impl Stats {
         if s.status >= 400 {
             t.failed += 1;
         }
+        let d = g.detail.entry(id.to_owned()).or_default();
+        if d.tries.len() < TRIES_MAX {
+            d.tries
+                .push([s.prompt_tokens, s.completion_tokens, s.complete as u64]);
+        }
         // a repeated id keeps the sum of what was served under it
         if let Some(prev) = g.by_id.get_mut(id) {
             prev.prompt_tokens += s.prompt_tokens;
@@ -97,10 +117,25 @@ impl Stats {
             && let Some(old) = g.order.pop_front()
         {
             g.by_id.remove(&old);
+            g.detail.remove(&old);
             g.totals.forgotten += 1;
         }
         g.order.push_back(id.to_owned());
         g.by_id.insert(id.to_owned(), Served { attempts: 1, ..s });
+    }
+
+    /// Remembers the request's `user` field (before it is served).
+    pub fn tag(&self, id: &str, user: &str) {
+        if user.chars().count() > USER_CHARS_MAX {
+            return;
+        }
+        if let Ok(mut g) = self.inner.lock() {
+            g.detail.entry(id.to_owned()).or_default().user = Some(user.to_owned());
+        }
+    }
+
+    pub fn detail(&self, id: &str) -> Option<Detail> {
+        self.inner.lock().ok()?.detail.get(id).cloned()
     }
 
     pub fn get(&self, id: &str) -> Option<Served> {
@@ -117,13 +152,18 @@ impl Stats {
         t
     }
 
-    pub fn all(&self) -> Vec<(String, Served)> {
+    /// Every id served, in first-served order, with its sums and details.
+    pub fn all(&self) -> Vec<(String, Served, Detail)> {
         let Ok(g) = self.inner.lock() else {
             return Vec::new();
         };
         g.order
             .iter()
-            .filter_map(|id| g.by_id.get(id).map(|s| (id.clone(), *s)))
+            .filter_map(|id| {
+                let s = g.by_id.get(id)?;
+                let d = g.detail.get(id).cloned().unwrap_or_default();
+                Some((id.clone(), *s, d))
+            })
             .collect()
     }
 

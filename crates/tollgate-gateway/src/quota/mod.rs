@@ -215,7 +215,8 @@ impl Quota {
                     }
                     self.kick.notify_one();
                     let until = if answered { deadline } else { hard_deadline };
-                    let _ = tokio::time::timeout_at(until.into(), rx.changed()).await;
+                    let wait = until.saturating_duration_since(mono_now());
+                    let _ = tokio::time::timeout(wait, rx.changed()).await;
                 }
                 Err(d) => return Err(self.deny(d, &applies, &amounts)),
             }

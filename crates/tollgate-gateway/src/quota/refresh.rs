@@ -30,7 +30,7 @@ pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Rec
     loop {
         let next = last + interval;
         tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = tokio::time::sleep(next.saturating_duration_since(mono_now())) => {}
             _ = q.kick.notified() => tokio::time::sleep(BATCH_DELAY).await,
             _ = stop.changed() => {
                 // last call: ship what is queued and give back what this gateway holds
@@ -38,7 +38,7 @@ pub async fn run(q: Arc<Quota>, rpc: StoreRpc, mut stop: tokio::sync::watch::Rec
                 return;
             }
         }
-        let since = last.elapsed();
+        let since = mono_now().saturating_duration_since(last);
         if since < MIN_GAP {
             tokio::time::sleep(MIN_GAP - since).await;
         }
@@ -129,9 +129,10 @@ impl Quota {
             Ok(res) => {
                 self.store_ok.store(true, Ordering::Relaxed);
                 self.stats.refresh_ok.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .last_refresh_ms
-                    .store(call.t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                self.stats.last_refresh_ms.store(
+                    mono_now().saturating_duration_since(call.t0).as_millis() as u64,
+                    Ordering::Relaxed,
+                );
                 self.shipper.acked(&call.batch, &res.acks);
                 let current = self.config_gen.load(Ordering::Acquire) == call.config_gen;
                 self.apply(&res, call.t0, &call.sent, current);
@@ -148,7 +149,7 @@ impl Quota {
                 if self.store_ok.swap(false, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "lease refresh failed; admitting on live leases, then by fail policy");
                 }
-                if call.t0.elapsed() < PENDING_MAX {
+                if mono_now().saturating_duration_since(call.t0) < PENDING_MAX {
                     *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(call);
                 } else {
                     // too old to repeat safely: records ship again (deduplicated per record);
