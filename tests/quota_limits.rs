@@ -395,12 +395,65 @@ async fn killing_the_store_leader_under_load_causes_no_quota_errors() {
     }
 }
 
-#[tokio::test]
+/// A gateway process whose every connection to the store goes through its own fault proxy (one
+/// per store node, via `--dial-via`), so the test can cut that gateway alone off the store.
+async fn gateway_behind_proxies(
+    fleet: &Fleet,
+    name: &str,
+) -> (
+    String,
+    harness::gateway::Proc,
+    Vec<tollgate_chaos::proxy::Proxy>,
+) {
+    let mut proxies = Vec::new();
+    let mut dial = Vec::new();
+    for addr in fleet.cluster.addrs() {
+        let p = tollgate_chaos::proxy::Proxy::start(&format!("{name}->{addr}"), &addr)
+            .await
+            .expect("proxy");
+        dial.push(format!("{addr}={}", p.addr()));
+        proxies.push(p);
+    }
+    let dir = fleet.cluster.dir.path().to_path_buf();
+    let addr = format!("127.0.0.1:{}", harness::free_port());
+    let args: Vec<String> = vec![
+        "gateway".into(),
+        "--listen".into(),
+        addr.clone(),
+        "--store".into(),
+        fleet.cluster.addrs().join(","),
+        "--store-token".into(),
+        fleet.cluster.token.clone(),
+        "--data-dir".into(),
+        dir.join(name).display().to_string(),
+        "--gateway-id".into(),
+        name.into(),
+        "--dial-via".into(),
+        dial.join(","),
+    ];
+    let p = harness::gateway::Proc::spawn(&args, dir.join(format!("{name}.log")));
+    harness::gateway::wait_http(&addr, "/readyz", 200, &p);
+    (addr, p, proxies)
+}
+
+fn quota_status_of(fleet: &Fleet, gw: &str) -> Value {
+    let auth = format!("Bearer {}", fleet.cluster.token);
+    let r = harness::gateway::http(gw, "GET", "/admin/quota", &[("authorization", &auth)], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// One gateway cut off from the store by a silent network partition (its links blackholed;
+/// the store and another gateway carry on): within its leases it admits, past them each limit's
+/// fail policy decides; the other gateway is unaffected; after the heal the cut gateway's
+/// `open` admissions reach the ledger flagged `unbacked`.
+#[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
+    use tollgate_chaos::proxy::Fault;
     // p1 strict, p2 reserve (5 requests per gateway), p3 open; all 600 requests per minute
     let fleet = Fleet::start(
         3,
-        1,
+        0,
         vec![
             limit("p1", Dimension::RequestsPerMinute, RPM, FailPolicy::Strict),
             limit(
@@ -414,17 +467,23 @@ async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
         json!({"completion_tokens": 5}),
     )
     .await;
-    let gw = fleet.gateways[0].0.clone();
+    let (gw, _cut_proc, links) = gateway_behind_proxies(&fleet, "gw-cut").await;
+    // (the proxies live as long as their binding: `_` would drop them at once)
+    let (other, other_proc, _other_links) = gateway_behind_proxies(&fleet, "gw-other").await;
     let keys = fleet.keys.clone();
-    let send = |k: usize| post(&gw, &keys[k], &body(5).to_string());
-    // some demand first, so each gateway lease covers a few seconds of it
+    let send_to = |addr: String, k: usize| {
+        let key = keys[k].clone();
+        tokio::task::spawn_blocking(move || post(&addr, &key, &body(5).to_string()))
+    };
+    // some demand first, so the lease covers a few seconds of it
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         for k in 0..3 {
-            assert_eq!(send(k).status, 200, "well under the limits");
+            let r = send_to(gw.clone(), k).await.expect("request");
+            assert_eq!(r.status, 200, "well under the limits: {}", r.body);
         }
-        std::thread::sleep(Duration::from_millis(100));
-        let st = fleet.quota_status(0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = quota_status_of(&fleet, &gw);
         let covered = st["buckets"]
             .as_array()
             .expect("buckets")
@@ -438,23 +497,22 @@ async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
             "leases never covered the demand: {st}"
         );
     }
-    let mut fleet = fleet;
-    let ids: Vec<u64> = fleet.cluster.nodes.iter().map(|n| n.id).collect();
-    for id in ids {
-        fleet.cluster.node(id).kill9();
+    // the partition: every byte between this gateway and the store vanishes
+    for p in &links {
+        p.set(Fault::Blackhole);
     }
     // within the lease: everything is still admitted on the leases
     for k in 0..3 {
+        let r = send_to(gw.clone(), k).await.expect("request");
         assert_eq!(
-            send(k).status,
-            200,
-            "a live lease admits while the store is gone"
+            r.status, 200,
+            "a live lease admits while the store is unreachable"
         );
     }
     // past the TTL (and a failed refresh): the policies take over
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = fleet.quota_status(0);
+        let st = quota_status_of(&fleet, &gw);
         let states: Vec<String> = st["buckets"]
             .as_array()
             .expect("buckets")
@@ -468,21 +526,27 @@ async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // strict: denied, and says why
-    let r = send(0);
+    let r = send_to(gw.clone(), 0).await.expect("request");
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "store_unavailable");
     // reserve: exactly the reserve, then refused
-    let reserve: Vec<u16> = (0..8).map(|_| send(1).status).collect();
+    let mut reserve = Vec::new();
+    for _ in 0..8 {
+        reserve.push(send_to(gw.clone(), 1).await.expect("request").status);
+    }
     assert_eq!(
         reserve,
         vec![200, 200, 200, 200, 200, 429, 429, 429],
         "reserve of 5"
     );
     // open: admitted and flagged
+    let mut open_ids = Vec::new();
     for _ in 0..4 {
-        assert_eq!(send(2).status, 200);
+        let r = send_to(gw.clone(), 2).await.expect("request");
+        assert_eq!(r.status, 200);
+        open_ids.push(r.header("x-request-id").expect("request id").to_owned());
     }
-    let st = fleet.quota_status(0);
+    let st = quota_status_of(&fleet, &gw);
     let open = st["buckets"]
         .as_array()
         .expect("buckets")
@@ -504,6 +568,56 @@ async fn a_gateway_cut_off_from_the_store_follows_each_fail_policy() {
         text.contains("tollgate_gateway_quota_unbacked_units_total 4"),
         "{text}"
     );
+    // meanwhile the store and the other gateway carry on under every policy
+    for k in 0..3 {
+        let r = send_to(other.clone(), k).await.expect("request");
+        assert_eq!(
+            r.status,
+            200,
+            "the other gateway is not cut off: {}\n{}\n{}",
+            r.body,
+            other_proc.log_text(),
+            quota_status_of(&fleet, &other)
+        );
+    }
+    // heal: the cut gateway ships what it admitted unbacked, flagged in the ledger
+    for p in &links {
+        p.set(Fault::Pass);
+        p.reset_all();
+    }
+    let client = fleet.cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let entries: Vec<Value> = client
+            .read(&tollgate_types::admin::AdminQuery::UsageExport {
+                since_seq: 0,
+                limit: 1000,
+            })
+            .await
+            .expect("export");
+        let flagged: Vec<&Value> = entries
+            .iter()
+            .filter(|e| {
+                open_ids
+                    .iter()
+                    .any(|id| e["record"]["request_id"] == json!(id))
+            })
+            .collect();
+        if flagged.len() == open_ids.len() {
+            assert!(
+                flagged.iter().all(|e| e["record"]["unbacked"] == true),
+                "{flagged:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the open admissions never reached the ledger: {} of {}",
+            flagged.len(),
+            open_ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// One gateway: limits added, changed and removed at run time; OpenAI's headers and error codes;
