@@ -1,5 +1,5 @@
 //! Time per local admission decision: `Quota::try_admit` over the limits that apply to a request
-//! (lock each bucket in order, check all, take all) followed by its settlement, with leases that
+//! (lock the org's cell once, check all, take all) followed by its settlement, with leases that
 //! cover the load — the path every request takes when no refresh is needed. Run:
 //! `cargo bench -p tollgate-gateway --bench admission`.
 

@@ -4,7 +4,7 @@
 //! one, and only then takes from all of them (all dimensions at once or none).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tollgate_types::lease::{Grant, LeaseMode, RESERVE_TTL_MS, usable_ms};
 use tollgate_types::limits::{Dimension, FailPolicy, Limit, LimitKey};
@@ -102,11 +102,84 @@ pub struct Inner {
     pub shadow_exceeded: u64,
 }
 
+/// The buckets of one org, behind one lock. Every limit that applies to a request lies in the
+/// request's org (org, project and key scopes never cross orgs), so admission takes exactly one
+/// lock however many limits apply. Slots of removed limits are reused.
+#[derive(Default)]
+pub struct Cell {
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+pub struct Slots {
+    inner: Vec<Inner>,
+    free: Vec<usize>,
+}
+
+impl Slots {
+    pub fn get(&self, slot: usize) -> &Inner {
+        &self.inner[slot]
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> &mut Inner {
+        &mut self.inner[slot]
+    }
+}
+
+impl Cell {
+    /// Locks every bucket of the org.
+    pub fn lock(&self) -> MutexGuard<'_, Slots> {
+        // a panic while holding the lock leaves counters, not invariants, behind: keep going
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, inner: Inner) -> usize {
+        let mut s = self.lock();
+        match s.free.pop() {
+            Some(i) => {
+                s.inner[i] = inner;
+                i
+            }
+            None => {
+                s.inner.push(inner);
+                s.inner.len() - 1
+            }
+        }
+    }
+}
+
+/// One limit's local state: a slot in its org's `Cell`.
 pub struct LocalBucket {
     pub key: LimitKey,
-    /// Lock order.
+    /// Order of the limits in a request's list (stable across config versions).
     pub order: u32,
-    pub inner: Mutex<Inner>,
+    pub cell: Arc<Cell>,
+    pub slot: usize,
+}
+
+impl Drop for LocalBucket {
+    fn drop(&mut self) {
+        self.cell.lock().free.push(self.slot);
+    }
+}
+
+/// One bucket of a locked cell.
+pub struct BucketGuard<'a> {
+    slots: MutexGuard<'a, Slots>,
+    slot: usize,
+}
+
+impl std::ops::Deref for BucketGuard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        self.slots.get(self.slot)
+    }
+}
+
+impl std::ops::DerefMut for BucketGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        self.slots.get_mut(self.slot)
+    }
 }
 
 impl std::fmt::Debug for LocalBucket {
@@ -118,45 +191,52 @@ impl std::fmt::Debug for LocalBucket {
 }
 
 impl LocalBucket {
-    pub fn new(limit: Limit, order: u32, now: Instant) -> LocalBucket {
+    /// A new bucket for `limit` in the org's `cell`.
+    pub fn new(limit: Limit, order: u32, cell: Arc<Cell>, now: Instant) -> LocalBucket {
+        let key = limit.key();
+        let slot = cell.insert(Inner {
+            kind: kind(limit.dimension),
+            limit,
+            lease_id: 0,
+            period: 0,
+            lease_gen: 0,
+            granted: 0,
+            used: 0,
+            until: None,
+            mode: LeaseMode::Lease,
+            gens: VecDeque::new(),
+            overrun: 0,
+            reserve: 0,
+            reserve_used: 0,
+            reserve_until: None,
+            demand: 0,
+            waiting: 0,
+            peak_used: 0,
+            rate_per_s: 0.0,
+            unit: 0,
+            sampled_at: now,
+            exhausted_until: None,
+            store_available: 0,
+            reset_ms: 0,
+            refreshed_at: None,
+            unbacked: 0,
+            denied: 0,
+            shadow_exceeded: 0,
+        });
         LocalBucket {
-            key: limit.key(),
+            key,
             order,
-            inner: Mutex::new(Inner {
-                kind: kind(limit.dimension),
-                limit,
-                lease_id: 0,
-                period: 0,
-                lease_gen: 0,
-                granted: 0,
-                used: 0,
-                until: None,
-                mode: LeaseMode::Lease,
-                gens: VecDeque::new(),
-                overrun: 0,
-                reserve: 0,
-                reserve_used: 0,
-                reserve_until: None,
-                demand: 0,
-                waiting: 0,
-                peak_used: 0,
-                rate_per_s: 0.0,
-                unit: 0,
-                sampled_at: now,
-                exhausted_until: None,
-                store_available: 0,
-                reset_ms: 0,
-                refreshed_at: None,
-                unbacked: 0,
-                denied: 0,
-                shadow_exceeded: 0,
-            }),
+            cell,
+            slot,
         }
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // a panic while holding the lock leaves counters, not invariants, behind: keep going
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Locks this bucket (that is, its org's cell: never hold two at once).
+    pub fn lock(&self) -> BucketGuard<'_> {
+        BucketGuard {
+            slots: self.cell.lock(),
+            slot: self.slot,
+        }
     }
 }
 

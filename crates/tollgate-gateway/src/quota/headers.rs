@@ -2,10 +2,9 @@
 //! this gateway holds plus what the store had left at the last refresh, capped at the limit)
 //! and `reset` (time until the bucket is full again), for requests and for tokens.
 
-use super::bucket::{Inner, Kind};
+use super::bucket::{Kind, Slots};
 use super::plan::Applies;
 use hyper::header::{HeaderName, HeaderValue};
-use std::sync::MutexGuard;
 use std::time::Instant;
 use tollgate_types::limits::Dimension;
 
@@ -14,7 +13,16 @@ use tollgate_types::limits::Dimension;
 pub struct View {
     pub limit: u64,
     pub remaining: u64,
-    pub reset_ms: u64,
+}
+
+impl View {
+    /// Time until the bucket is full again (computed when rendered, off the admission path).
+    pub fn reset_ms(&self) -> u64 {
+        match self.limit {
+            0 => 0,
+            l => (l.saturating_sub(self.remaining) * 60_000).div_ceil(l),
+        }
+    }
 }
 
 /// The numbers behind `x-ratelimit-*` (no allocation on the admission path).
@@ -38,13 +46,13 @@ fn is_tokens(d: Dimension) -> bool {
 /// The tightest non-shadow rate bucket of one family.
 fn tightest(
     applies: &[Applies],
-    guards: &[MutexGuard<'_, Inner>],
+    slots: &Slots,
     now: Instant,
     family: fn(Dimension) -> bool,
 ) -> Option<View> {
     applies
         .iter()
-        .zip(guards.iter())
+        .map(|a| (a, slots.get(a.bucket.slot)))
         .filter(|(a, g)| family(a.dimension) && g.kind == Kind::Rate && !g.limit.shadow)
         .map(|(_, g)| {
             let limit = g.limit.limit;
@@ -52,15 +60,7 @@ fn tightest(
                 .local_left(now)
                 .saturating_add(g.store_available)
                 .min(limit.saturating_add(g.limit.burst));
-            let reset_ms = match limit {
-                0 => 0,
-                l => (l.saturating_sub(remaining) * 60_000).div_ceil(l),
-            };
-            View {
-                limit,
-                remaining,
-                reset_ms,
-            }
+            View { limit, remaining }
         })
         .min_by_key(|v| v.remaining)
 }
@@ -76,14 +76,11 @@ pub fn format_reset(ms: u64) -> String {
 }
 
 impl Headers {
-    pub fn from_buckets(
-        applies: &[Applies],
-        guards: &[MutexGuard<'_, Inner>],
-        now: Instant,
-    ) -> Headers {
+    /// From the request's buckets in their (locked) org cell.
+    pub fn from_buckets(applies: &[Applies], slots: &Slots, now: Instant) -> Headers {
         Headers {
-            requests: tightest(applies, guards, now, is_requests),
-            tokens: tightest(applies, guards, now, is_tokens),
+            requests: tightest(applies, slots, now, is_requests),
+            tokens: tightest(applies, slots, now, is_tokens),
         }
     }
 
@@ -100,7 +97,7 @@ impl Headers {
                 ),
                 (
                     format!("x-ratelimit-reset-{name}"),
-                    format_reset(v.reset_ms),
+                    format_reset(v.reset_ms()),
                 ),
             ];
             for (k, v) in values {

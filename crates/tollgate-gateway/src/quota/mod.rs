@@ -16,12 +16,12 @@ pub mod status;
 use crate::error::GwError;
 use crate::phases::admit::{AdmitRequest, Ticket, Usage};
 use arc_swap::ArcSwap;
-use bucket::{Inner, Kind, LocalBucket, Short, Source};
+use bucket::{Kind, LocalBucket, Short, Source};
 use plan::{Applies, Plan};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tollgate_types::ErrorCode;
@@ -226,7 +226,7 @@ impl Quota {
 
     /// The local decision at monotonic time `now` (which must not be older than the moment of
     /// the call by more than microseconds: a lease is checked against it): locks the request's
-    /// buckets in order, checks every one, then takes from all of them. No I/O, no clock read,
+    /// org cell once, checks every bucket, then takes from all of them. No I/O, no clock read,
     /// no heap allocation for up to four limits.
     pub fn try_admit(
         &self,
@@ -239,11 +239,14 @@ impl Quota {
             return Ok((Holds::new(), headers::Headers::default()));
         }
         let store_ok = self.store_ok.load(Ordering::Relaxed);
-        let mut guards: SmallVec<[MutexGuard<'_, Inner>; INLINE]> =
-            applies.iter().map(|a| a.bucket.lock()).collect();
+        // one lock: every limit of a request is in the request's org, so in one cell
+        let cell = &applies[0].bucket.cell;
+        debug_assert!(applies.iter().all(|a| Arc::ptr_eq(&a.bucket.cell, cell)));
+        let mut slots = cell.lock();
         let mut srcs: SmallVec<[Source; INLINE]> = SmallVec::new();
         let mut denial: Option<Denial> = None;
-        for (i, g) in guards.iter_mut().enumerate() {
+        for (i, a) in applies.iter().enumerate() {
+            let g = slots.get_mut(a.bucket.slot);
             if count_demand {
                 g.demand += amounts[i];
                 g.unit = (g.unit * 7 + amounts[i]).div_ceil(8);
@@ -261,13 +264,13 @@ impl Quota {
         }
         if let Some(d) = denial {
             if d.short != Short::Wait {
-                guards[d.idx].denied += 1;
+                slots.get_mut(applies[d.idx].bucket.slot).denied += 1;
             }
             return Err(d);
         }
         let mut holds = Holds::new();
-        for (i, g) in guards.iter_mut().enumerate() {
-            g.take(srcs[i], amounts[i], now);
+        for (i, a) in applies.iter().enumerate() {
+            slots.get_mut(a.bucket.slot).take(srcs[i], amounts[i], now);
             holds.push(Hold {
                 idx: i,
                 src: srcs[i],
@@ -275,7 +278,7 @@ impl Quota {
                 dim: applies[i].dimension,
             });
         }
-        let hdrs = headers::Headers::from_buckets(applies, &guards, now);
+        let hdrs = headers::Headers::from_buckets(applies, &slots, now);
         Ok((holds, hdrs))
     }
 
@@ -314,8 +317,7 @@ impl Quota {
         };
         drop(g);
         let now = mono_now();
-        let guards: Vec<MutexGuard<'_, Inner>> = applies.iter().map(|a| a.bucket.lock()).collect();
-        let hdrs = headers::Headers::from_buckets(applies, &guards, now);
+        let hdrs = headers::Headers::from_buckets(applies, &a.bucket.cell.lock(), now);
         let mut e = GwError::new(code, msg).with_headers(hdrs.pairs());
         if let Some(r) = retry {
             e = e.retry_after(r);
@@ -334,6 +336,11 @@ impl Quota {
             true => mono_now(),
             false => self.started,
         };
+        let Some(first) = ticket.applies.first() else {
+            return;
+        };
+        let cell = first.bucket.cell.clone();
+        let mut slots = cell.lock();
         for h in std::mem::take(&mut ticket.holds) {
             let actual = match h.dim {
                 Dimension::ConcurrentRequests => 0,
@@ -345,7 +352,9 @@ impl Quota {
                 ),
             };
             if let Some(a) = ticket.applies.get(h.idx) {
-                a.bucket.lock().settle(h.src, h.amount, actual, now);
+                slots
+                    .get_mut(a.bucket.slot)
+                    .settle(h.src, h.amount, actual, now);
             }
         }
     }

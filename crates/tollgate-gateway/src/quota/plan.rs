@@ -49,7 +49,14 @@ pub fn build(
                 inner.limit = l.clone();
             }
             None => {
-                buckets.insert(l.key(), Arc::new(LocalBucket::new(l.clone(), next, now)));
+                // one cell per org: a request's limits then share one lock
+                let cell = buckets
+                    .values()
+                    .find(|b| b.key.scope.org() == l.scope.org())
+                    .map(|b| b.cell.clone())
+                    .unwrap_or_default();
+                let b = LocalBucket::new(l.clone(), next, cell, now);
+                buckets.insert(l.key(), Arc::new(b));
                 next += 1;
             }
         }
