@@ -46,28 +46,7 @@ pub struct RunOptions {
 
 /// Runs a scenario end to end; the report says whether every invariant held.
 pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
-    let sc = scenario::named(&opts.scenario).with_context(|| {
-        format!(
-            "unknown scenario '{}'; choose one of: {}",
-            opts.scenario,
-            scenario::NAMES.join(", ")
-        )
-    })?;
-    let duration = opts.duration.unwrap_or(sc.default_duration);
-    let min = Duration::from_millis(sc.warmup_ms + sc.cooldown_ms + 5_000);
-    if duration < min {
-        bail!(
-            "--duration must be at least {} s for scenario {} (warm-up, one fault, cool-down)",
-            min.as_secs(),
-            sc.name
-        );
-    }
-    if sc.small_disks && !disk::can_mount() {
-        bail!(
-            "scenario {} fills disks: it mounts a small tmpfs per store node and needs root",
-            sc.name
-        );
-    }
+    let (sc, duration) = validate(&opts)?;
     let dir = opts.report_dir.join("cluster");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -108,44 +87,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     let cluster = Arc::new(Mutex::new(cluster));
     let done = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample_leader(cluster.clone(), done.clone(), start));
-    let attempts_view = load.attempts.clone();
-    let progress = opts.progress.then(|| {
-        let done = done.clone();
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let v = attempts_view
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
-                let c = report::counts(&v, &[]);
-                eprintln!(
-                    "chaos: {:>5.0} s  {} requests, {} complete, {} limited, {} failed",
-                    start.elapsed().as_secs_f64(),
-                    c.attempts,
-                    c.complete,
-                    c.rate_limited + c.quota_exhausted,
-                    c.failed
-                );
-            }
-        })
-    });
-    let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1));
-    let mut faults: Vec<Applied> = Vec::new();
-    for p in &plan {
-        let at = start + Duration::from_millis(p.at_ms);
-        tokio::time::sleep_until(at.into()).await;
-        let clock = || start.elapsed().as_millis() as u64;
-        let a = nemesis::run_one(&cluster, p, &mut rng, clock).await;
-        say(format!(
-            "chaos: {:>5.1} s – {:>5.1} s  {}{}",
-            a.at_ms as f64 / 1e3,
-            a.healed_ms as f64 / 1e3,
-            a.note,
-            if a.ok { "" } else { " (not applied)" }
-        ));
-        faults.push(a);
-    }
+    let progress = opts
+        .progress
+        .then(|| spawn_progress(load.attempts.clone(), done.clone(), start));
+    let faults = inject(&cluster, &plan, opts.seed, start, &say).await;
     tokio::time::sleep_until((start + duration).into()).await;
     let attempts = load.stop().await;
     let ran = start.elapsed();
@@ -156,44 +101,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     }
     say("chaos: load stopped; healing and checking".into());
     let mut c = cluster.lock().await;
-    let healed_at = Instant::now();
-    heal_all(&mut c).await;
-    let recovery = observe::recovery(&c).await.map(|_| healed_at.elapsed());
-    let read = async {
-        let (l, o) = observe::settled_ledger(&c).await?;
-        anyhow::Ok((l, o, observe::buckets(&c).await?))
-    };
-    let (ledger, oracle, buckets, observe_error) = match read.await {
-        Ok((l, o, b)) => (l, o, b, None),
-        Err(e) => (
-            Vec::new(),
-            Default::default(),
-            Vec::new(),
-            Some(format!("{e:#}")),
-        ),
-    };
-    // after the ledger caught up: the replicas are compared on the final state
-    let replicas = observe::replicas(&c).await;
-    let observed = Observed {
-        attempts: attempts.clone(),
-        ledger,
-        oracle,
-        buckets,
-        replicas,
-        rates: rate_specs(&c),
-        clock_jump_ms: sc.clock_jump_ms(),
-        start_wall_ms,
-        recovery_ms: recovery.map(|d| d.as_millis() as u64),
-        recovery_bound_ms: observe::RECOVERY_BOUND.as_millis() as u64,
-        gateway_restarts: gateway_restarts(&faults),
-        crashed: crashed(&mut c),
-        observe_error,
-        // strict policies everywhere, and the simulated upstream counts a token per word,
-        // exactly as the gateway estimates
-        exact_estimates: true,
-    };
+    let observed = heal_and_observe(&mut c, &sc, attempts, &faults, start_wall_ms).await;
     let checks = checker::check_all(&observed);
-    let mut counts = report::counts(&attempts, &faults);
+    let mut counts = report::counts(&observed.attempts, &faults);
     counts.ledger_entries = observed.ledger.len() as u64;
     counts.served_by_upstreams = observed.oracle.len() as u64;
     let report = Report {
@@ -215,7 +125,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
         samples,
         cluster_dir: dir.display().to_string(),
     };
-    report::write(&opts.report_dir, &report, &attempts)?;
+    report::write(&opts.report_dir, &report, &observed.attempts)?;
     std::fs::write(
         opts.report_dir.join("observed.json"),
         serde_json::to_vec(&observed)?,
@@ -224,6 +134,133 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Report> {
     drop(cluster);
     drop(mounts);
     Ok(report)
+}
+
+/// The scenario and the run's duration, or what to fix in the options.
+fn validate(opts: &RunOptions) -> anyhow::Result<(scenario::Scenario, Duration)> {
+    let sc = scenario::named(&opts.scenario).with_context(|| {
+        format!(
+            "unknown scenario '{}'; choose one of: {}",
+            opts.scenario,
+            scenario::NAMES.join(", ")
+        )
+    })?;
+    let duration = opts.duration.unwrap_or(sc.default_duration);
+    let min = Duration::from_millis(sc.warmup_ms + sc.cooldown_ms + 5_000);
+    if duration < min {
+        bail!(
+            "--duration must be at least {} s for scenario {} (warm-up, one fault, cool-down)",
+            min.as_secs(),
+            sc.name
+        );
+    }
+    if sc.small_disks && !disk::can_mount() {
+        bail!(
+            "scenario {} fills disks: it mounts a small tmpfs per store node and needs root",
+            sc.name
+        );
+    }
+    Ok((sc, duration))
+}
+
+/// Runs the planned faults in order, each at its time.
+async fn inject(
+    cluster: &Mutex<Cluster>,
+    plan: &[nemesis::Planned],
+    seed: u64,
+    start: Instant,
+    say: &impl Fn(String),
+) -> Vec<Applied> {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
+    let mut faults = Vec::new();
+    for p in plan {
+        tokio::time::sleep_until((start + Duration::from_millis(p.at_ms)).into()).await;
+        let clock = || start.elapsed().as_millis() as u64;
+        let a = nemesis::run_one(cluster, p, &mut rng, clock).await;
+        say(format!(
+            "chaos: {:>5.1} s – {:>5.1} s  {}{}",
+            a.at_ms as f64 / 1e3,
+            a.healed_ms as f64 / 1e3,
+            a.note,
+            if a.ok { "" } else { " (not applied)" }
+        ));
+        faults.push(a);
+    }
+    faults
+}
+
+/// A progress line on stderr every 5 s until `done`.
+fn spawn_progress(
+    attempts: Arc<std::sync::Mutex<Vec<workload::Attempt>>>,
+    done: Arc<AtomicBool>,
+    start: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !done.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let c = {
+                let v = attempts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                report::counts(&v, &[])
+            };
+            eprintln!(
+                "chaos: {:>5.0} s  {} requests, {} complete, {} limited, {} failed",
+                start.elapsed().as_secs_f64(),
+                c.attempts,
+                c.complete,
+                c.rate_limited + c.quota_exhausted,
+                c.failed
+            );
+        }
+    })
+}
+
+/// Heals everything, waits for recovery, for the ledger and for the replicas, and gathers what
+/// the checker judges.
+async fn heal_and_observe(
+    c: &mut Cluster,
+    sc: &scenario::Scenario,
+    attempts: Vec<workload::Attempt>,
+    faults: &[Applied],
+    start_wall_ms: u64,
+) -> Observed {
+    let healed_at = Instant::now();
+    heal_all(c).await;
+    let recovery = observe::recovery(c).await.map(|_| healed_at.elapsed());
+    let read = async {
+        let (l, o) = observe::settled_ledger(c).await?;
+        anyhow::Ok((l, o, observe::buckets(c).await?))
+    };
+    let (ledger, oracle, buckets, observe_error) = match read.await {
+        Ok((l, o, b)) => (l, o, b, None),
+        Err(e) => (
+            Vec::new(),
+            Default::default(),
+            Vec::new(),
+            Some(format!("{e:#}")),
+        ),
+    };
+    // after the ledger caught up: the replicas are compared on the final state
+    let replicas = observe::replicas(c).await;
+    Observed {
+        attempts,
+        ledger,
+        oracle,
+        buckets,
+        replicas,
+        rates: rate_specs(c),
+        clock_jump_ms: sc.clock_jump_ms(),
+        start_wall_ms,
+        recovery_ms: recovery.map(|d| d.as_millis() as u64),
+        recovery_bound_ms: observe::RECOVERY_BOUND.as_millis() as u64,
+        gateway_restarts: gateway_restarts(faults),
+        crashed: crashed(c),
+        observe_error,
+        // strict policies everywhere, and the simulated upstream counts a token per word,
+        // exactly as the gateway estimates
+        exact_estimates: true,
+    }
 }
 
 /// Small tmpfs mounts for the store data dirs of a disk-filling scenario; unmounted on drop.
