@@ -389,11 +389,11 @@ async fn undo(c: &mut Cluster, u: Undo) -> Result<(), String> {
         Undo::FreeDisk(id, filler) => {
             let _ = std::fs::remove_file(&filler);
             let s = c.store(id).ok_or("unknown node")?;
-            // the node stops on the write error (Raft's fatal storage error): restart it on its
-            // data dir, as its supervisor would
-            s.proc.reap_expected_exit();
-            if !s.proc.is_running() && !s.removed {
-                s.proc.start().map_err(|e| e.to_string())?;
+            // the node stops on the write error (Raft's fatal storage error) — sometimes only
+            // after the space is back, when a buffered write fails — so do what the runbook
+            // says: free the disk, then restart the node on its data dir
+            if !s.removed {
+                s.proc.restart_expected().map_err(|e| e.to_string())?;
             }
         }
     }

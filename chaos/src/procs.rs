@@ -76,6 +76,17 @@ impl Proc {
         }
     }
 
+    /// Restarts after a fault that may make the process exit on its own (a store node stops on a
+    /// full disk, possibly only after the space is back, when a buffered write fails): any exit
+    /// is expected, not a crash — what an operator does after freeing the disk.
+    pub fn restart_expected(&mut self) -> std::io::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.start()
+    }
+
     /// Reaps a process that exited as the fault expected (e.g. a store node stopping on a full
     /// disk), so it does not count as a crash.
     pub fn reap_expected_exit(&mut self) {
