@@ -786,8 +786,7 @@ async fn budget_held(fleet: &Fleet) -> u64 {
 /// until its lease lapses, ~11 minutes, and report any overrun twice.)
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unanswered_acquire_is_sent_again_so_no_grant_is_stranded() {
-    use harness::gateway::{Proc, wait_http};
-    use tollgate_chaos::proxy::{Fault, Proxy};
+    use tollgate_chaos::proxy::Fault;
     let budget = limit(
         "p1",
         Dimension::TokenBudget {
@@ -797,27 +796,9 @@ async fn an_unanswered_acquire_is_sent_again_so_no_grant_is_stranded() {
         FailPolicy::Strict,
     );
     let fleet = Fleet::start(1, 0, vec![budget], json!({"completion_tokens": 4})).await;
-    let store = fleet.cluster.addrs()[0].clone();
-    let proxy = Proxy::start("g->s1", &store).await.expect("proxy");
-    let dir = fleet.cluster.dir.path().to_path_buf();
-    let addr = format!("127.0.0.1:{}", harness::free_port());
-    let args: Vec<String> = vec![
-        "gateway".into(),
-        "--listen".into(),
-        addr.clone(),
-        "--store".into(),
-        store.clone(),
-        "--store-token".into(),
-        fleet.cluster.token.clone(),
-        "--data-dir".into(),
-        dir.join("gw-a").display().to_string(),
-        "--gateway-id".into(),
-        "gw-a".into(),
-        "--dial-via".into(),
-        format!("{store}={}", proxy.addr()),
-    ];
-    let mut gw = Proc::spawn(&args, dir.join("gw-a.log"));
-    wait_http(&addr, "/readyz", 200, &gw);
+    // one store node: one proxy between it and the gateway
+    let (addr, mut gw, links) = gateway_behind_proxies(&fleet, "gw-a").await;
+    let proxy = &links[0];
     let key = fleet.keys[0].clone();
     let send = |addr: String, key: String| {
         tokio::task::spawn_blocking(move || post(&addr, &key, &body(8).to_string()))

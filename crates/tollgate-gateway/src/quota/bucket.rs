@@ -158,6 +158,8 @@ pub struct LocalBucket {
 }
 
 impl Drop for LocalBucket {
+    /// Frees the slot. Takes the cell's lock: never drop the last `Arc<LocalBucket>` while
+    /// holding that cell's lock (no path does: plans and tickets outlive the guards they take).
     fn drop(&mut self) {
         self.cell.lock().free.push(self.slot);
     }

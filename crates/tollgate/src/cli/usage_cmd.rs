@@ -173,6 +173,11 @@ struct Totals {
     estimated: u64,
 }
 
+/// The `--org` filter, validated.
+fn org_arg(org: Option<&str>) -> anyhow::Result<Option<OrgId>> {
+    org.map(OrgId::parse).transpose().context("--org")
+}
+
 pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
     let client = args.conn.client()?;
     match args.command {
@@ -182,11 +187,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
             org,
             format,
         } => {
-            let org = org
-                .as_deref()
-                .map(OrgId::parse)
-                .transpose()
-                .context("--org")?;
+            let org = org_arg(org.as_deref())?;
             let mut out = std::io::stdout().lock();
             if matches!(format, ExportFormat::Csv) {
                 writeln!(out, "{CSV_HEADER}")?;
@@ -213,11 +214,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
             org,
             since_seq,
         } => {
-            let org = org
-                .as_deref()
-                .map(OrgId::parse)
-                .transpose()
-                .context("--org")?;
+            let org = org_arg(org.as_deref())?;
             let text = std::fs::read_to_string(&upstream_counts)
                 .with_context(|| format!("reading {}", upstream_counts.display()))?;
             let upstream = parse_counts(&text)?;
@@ -246,11 +243,7 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<()> {
             org,
             since_seq,
         } => {
-            let org = org
-                .as_deref()
-                .map(OrgId::parse)
-                .transpose()
-                .context("--org")?;
+            let org = org_arg(org.as_deref())?;
             let mut sums: BTreeMap<(String, String), Totals> = BTreeMap::new();
             pages(&client, since_seq, org.as_ref(), u64::MAX, |e| {
                 let r = &e["record"];
