@@ -3,9 +3,11 @@
 //! sled flush followed by `fdatasync` on sled's data file. Values stay below sled's blob threshold
 //! (blobs are written to separate files that sled never fsyncs): see `ENTRY_BYTES_MAX`.
 //!
-//! Every sync runs inline on the blocking pool before the write is acknowledged. (A
-//! group-commit thread that acknowledged appends through openraft's `IOFlushed` callback lost
-//! an acknowledged write in 1 of 3 kill-every-node runs; it was removed until that is understood.)
+//! Appends are group-committed: a dedicated thread syncs once for every callback queued while
+//! the previous sync ran, then runs those callbacks in queue order.
+//! A leader's own append may so still be in flight when followers have made the entry durable
+//! and it commits; a crash then leaves the leader's log shorter than what was committed, which is
+//! safe only because `LogStore::open` makes a restarted node win an election again (DU-1).
 
 use std::fs::File;
 use std::io;
@@ -25,6 +27,8 @@ pub const ENTRY_BYTES_MAX: usize = 144 << 10;
 const _: () = assert!(ENTRY_BYTES_MAX * LEAF_ITEMS_MAX < SEGMENT_BYTES / 4 - (64 << 10));
 /// sled's background flusher interval: a backstop, never relied on for acknowledgements.
 const BACKGROUND_FLUSH_MS: u64 = 500;
+/// Most completion callbacks queued for the group-commit thread.
+const FLUSH_QUEUE_MAX: usize = 4096;
 
 static SYNCS: AtomicU64 = AtomicU64::new(0);
 
@@ -33,9 +37,29 @@ pub fn sync_count() -> u64 {
     SYNCS.load(Ordering::Relaxed)
 }
 
+/// A callback run once the writes issued before it was queued are durable.
+pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
 #[derive(Clone)]
 pub struct Durable {
     inner: Arc<Inner>,
+    flusher: Arc<Flusher>,
+}
+
+/// The group-commit thread's queue; dropping the last handle stops and joins the thread, so
+/// the database is closed when the last `Durable` is gone.
+struct Flusher {
+    tx: Option<tokio::sync::mpsc::Sender<Done>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 struct Inner {
@@ -45,7 +69,8 @@ struct Inner {
 }
 
 impl Durable {
-    /// Opens (or creates) the sled database under `<data_dir>/sled`.
+    /// Opens (or creates) the sled database under `<data_dir>/sled` and starts its
+    /// group-commit thread (which ends when the last `Durable` clone is dropped).
     pub fn open(data_dir: &Path) -> io::Result<Durable> {
         let dir = data_dir.join("sled");
         let db = sled::Config::new()
@@ -60,7 +85,16 @@ impl Durable {
             data_file,
             dir: data_dir.to_path_buf(),
         });
-        Ok(Durable { inner })
+        let (tx, rx) = tokio::sync::mpsc::channel(FLUSH_QUEUE_MAX);
+        let for_thread = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("tollgate-group-commit".into())
+            .spawn(move || group_commit(&for_thread, rx))?;
+        let flusher = Arc::new(Flusher {
+            tx: Some(tx),
+            thread: Some(thread),
+        });
+        Ok(Durable { inner, flusher })
     }
 
     pub fn tree(&self, name: &str) -> io::Result<sled::Tree> {
@@ -84,6 +118,13 @@ impl Durable {
             .map_err(io::Error::other)?
     }
 
+    /// Group commit: `done` runs once every write issued before this call is durable.
+    pub async fn sync_then(&self, done: Done) -> io::Result<()> {
+        let stopped = || io::Error::other("the group-commit thread stopped");
+        let tx = self.flusher.tx.as_ref().ok_or_else(stopped)?;
+        tx.send(done).await.map_err(|_| stopped())
+    }
+
     pub fn size_on_disk(&self) -> u64 {
         self.inner.db.size_on_disk().unwrap_or(0)
     }
@@ -95,6 +136,24 @@ impl Inner {
         self.data_file.sync_data()?;
         SYNCS.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+fn group_commit(inner: &Inner, mut rx: tokio::sync::mpsc::Receiver<Done>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = inner.sync();
+        for done in waiting {
+            done(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+            );
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The Raft log and vote in sled. Keys: `log` tree = big-endian index → encoded entry;
 //! `meta` tree = `vote`, `committed`, `last_purged`. Every write that openraft must be able to
 //! rely on (vote, append, truncate, purge) is synced before it is acknowledged: vote, truncate
-//! and purge, and each append before its `IOFlushed` callback runs.
+//! and purge inline, appends through the group-commit callback.
 
 use super::durable::{Durable, ENTRY_BYTES_MAX, sled_err};
 use crate::codec::{decode, encode};
@@ -156,14 +156,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&entry.index().to_be_bytes(), bytes);
         }
         self.log.apply_batch(batch).map_err(sled_err)?;
-        // durable before openraft hears of it (the callback) or the call returns
-        let r = self.durable.sync().await;
-        callback.io_completed(
-            r.as_ref()
-                .map(|_| ())
-                .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-        );
-        r
+        // readable now; reported durable by the group-commit thread after its next sync, so
+        // Raft keeps replicating while the disk flushes
+        self.durable
+            .sync_then(Box::new(move |r| callback.io_completed(r)))
+            .await
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
