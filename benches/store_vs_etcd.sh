@@ -6,6 +6,9 @@
 #
 #   benches/store_vs_etcd.sh [REPS=3] [SECONDS=10]
 #
+# CLIENTS="1 16 256" and BATCHES="1 100 etcd" choose the cells (e.g. BATCHES=100 CLIENTS=256 to
+# watch ingestion alone over a long run).
+#
 # Needs: cargo build --release -p tollgate -p tollgate-bench; apt-get install etcd-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,10 +55,14 @@ for _ in $(seq 1 100); do "$BIN" admin org list >/dev/null 2>&1 && break; sleep 
 
 RESULTS="$WORK/results.jsonl"
 for rep in $(seq 1 "$REPS"); do
-  for c in 1 16 256; do
-    "$LOAD" --clients $c --duration-s "$SECS" store --store "$TOLLGATE_STORE" --token "$TOKEN" --batch 1 >>"$RESULTS"
-    "$LOAD" --clients $c --duration-s "$SECS" store --store "$TOLLGATE_STORE" --token "$TOKEN" --batch 100 >>"$RESULTS"
-    "$LOAD" --clients $c --duration-s "$SECS" etcd --endpoint "127.0.0.1:$EC" --value-bytes 300 >>"$RESULTS"
+  for c in ${CLIENTS:-1 16 256}; do
+    for b in ${BATCHES:-1 100 etcd}; do
+      if [ "$b" = etcd ]; then
+        "$LOAD" --clients $c --duration-s "$SECS" etcd --endpoint "127.0.0.1:$EC" --value-bytes 300 >>"$RESULTS"
+      else
+        "$LOAD" --clients $c --duration-s "$SECS" store --store "$TOLLGATE_STORE" --token "$TOKEN" --batch "$b" >>"$RESULTS"
+      fi
+    done
     echo "rep $rep clients $c done" >&2
   done
 done

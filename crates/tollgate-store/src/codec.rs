@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::io;
+use std::io::{self, Seek, SeekFrom, Write};
 
 /// The only format this build writes. Readers accept exactly the formats listed in `decode`.
 pub const FORMAT_V1: u8 = 1;
@@ -23,6 +23,45 @@ pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// `encode` straight into a file (at its current position), without building the record in
+/// memory first: for snapshots, whose encoding can be hundreds of megabytes. The checksum is
+/// computed while writing and patched into the header afterwards. Returns the bytes written.
+pub fn encode_to_file<T: Serialize>(value: &T, f: &mut std::fs::File) -> io::Result<u64> {
+    let start = f.stream_position()?;
+    f.write_all(&[FORMAT_V1, 0, 0, 0, 0])?;
+    let (n, crc) = {
+        let mut w = CrcWriter {
+            inner: io::BufWriter::with_capacity(1 << 20, &mut *f),
+            crc: crc32fast::Hasher::new(),
+        };
+        let n = bincode::serde::encode_into_std_write(value, &mut w, config())
+            .map_err(io::Error::other)?;
+        w.inner.flush()?;
+        (n, w.crc.finalize())
+    };
+    f.seek(SeekFrom::Start(start + 1))?;
+    f.write_all(&crc.to_le_bytes())?;
+    f.seek(SeekFrom::End(0))?;
+    Ok((HEADER_BYTES + n) as u64)
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
@@ -68,8 +107,24 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         assert!(decode::<(String, u64)>(&flipped).is_err());
-        let mut wrong_format = bytes;
+        let mut wrong_format = bytes.clone();
         wrong_format[0] = 9;
         assert!(decode::<(String, u64)>(&wrong_format).is_err());
+    }
+
+    #[test]
+    fn encoding_into_a_file_gives_the_same_bytes() {
+        let value = ("streamed", vec![7u64; 100_000]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let mut f = std::fs::File::create(&path).expect("create");
+        f.write_all(b"head").expect("prefix");
+        let n = encode_to_file(&value, &mut f).expect("encode");
+        drop(f);
+        let on_disk = std::fs::read(&path).expect("read");
+        let in_memory = encode(&value).expect("encode");
+        assert_eq!(n as usize, in_memory.len());
+        assert_eq!(&on_disk[..4], b"head");
+        assert_eq!(&on_disk[4..], &in_memory[..]);
     }
 }

@@ -44,6 +44,22 @@ pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 pub struct Durable {
     inner: Arc<Inner>,
     flusher: Arc<Flusher>,
+    log_meter: LogMeter,
+}
+
+/// Bytes of Raft entries appended since this process started: the state machine compares the
+/// log's growth with the size of its last snapshot to decide when the next one is worth it.
+#[derive(Clone, Default)]
+pub struct LogMeter(Arc<AtomicU64>);
+
+impl LogMeter {
+    pub fn add(&self, bytes: u64) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The group-commit thread's queue; dropping the last handle stops and joins the thread, so
@@ -94,11 +110,19 @@ impl Durable {
             tx: Some(tx),
             thread: Some(thread),
         });
-        Ok(Durable { inner, flusher })
+        Ok(Durable {
+            inner,
+            flusher,
+            log_meter: LogMeter::default(),
+        })
     }
 
     pub fn tree(&self, name: &str) -> io::Result<sled::Tree> {
         self.inner.db.open_tree(name).map_err(sled_err)
+    }
+
+    pub fn log_meter(&self) -> LogMeter {
+        self.log_meter.clone()
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -141,6 +141,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
+        let mut logged = 0;
         for entry in entries {
             let bytes = encode(&entry)?;
             if bytes.len() > ENTRY_BYTES_MAX {
@@ -153,9 +154,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     ),
                 ));
             }
+            logged += bytes.len() as u64;
             batch.insert(&entry.index().to_be_bytes(), bytes);
         }
         self.log.apply_batch(batch).map_err(sled_err)?;
+        self.durable.log_meter().add(logged);
         // readable now; reported durable by the group-commit thread after its next sync, so
         // Raft keeps replicating while the disk flushes
         self.durable

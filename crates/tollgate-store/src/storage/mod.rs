@@ -7,6 +7,6 @@ mod log_store;
 mod sm_store;
 mod snapshot_file;
 
-pub use durable::{Durable, ENTRY_BYTES_MAX, sync_count};
+pub use durable::{Durable, ENTRY_BYTES_MAX, LogMeter, sync_count};
 pub use log_store::LogStore;
-pub use sm_store::{SmData, SmHandle, StateMachineStore};
+pub use sm_store::{SmData, SmHandle, StateMachineStore, snapshot_worth_it};

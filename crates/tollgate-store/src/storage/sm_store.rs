@@ -2,8 +2,9 @@
 //! Raft log plus snapshots. On restart openraft reinstalls the current snapshot and re-applies
 //! the log up to the saved commit index, so the state comes back exactly.
 
+use super::durable::LogMeter;
 use super::snapshot_file::SnapshotFile;
-use crate::codec::{decode, encode};
+use crate::codec::decode;
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use futures::{Stream, TryStreamExt};
 use openraft::EntryPayload;
@@ -11,6 +12,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tollgate_ledger::{Outcome, State};
@@ -46,14 +48,32 @@ impl SmHandle {
     }
 }
 
+/// The log may grow by `1 / SNAPSHOT_LOG_SHARE` of the last snapshot's size before openraft's
+/// policy (every `snapshot_logs` entries) may build the next one. A snapshot encodes the whole
+/// state, usage ledger included; with a fixed entry count its cost per entry would grow with the
+/// ledger, so under sustained ingestion snapshots came to take most of the CPU. Tied to the log's
+/// growth, encoding costs at most `SNAPSHOT_LOG_SHARE` snapshot bytes per byte logged, however
+/// large the state, and the log between snapshots stays below half the state's encoded size.
+pub const SNAPSHOT_LOG_SHARE: u64 = 2;
+
+/// Whether the log grew enough since the last snapshot to build the next one (see
+/// `SNAPSHOT_LOG_SHARE`).
+pub fn snapshot_worth_it(log_bytes_since: u64, last_snapshot_bytes: u64) -> bool {
+    log_bytes_since.saturating_mul(SNAPSHOT_LOG_SHARE) >= last_snapshot_bytes
+}
+
 #[derive(Clone)]
 pub struct StateMachineStore {
     handle: SmHandle,
     snapshots: SnapshotFile,
+    log: LogMeter,
+    /// `log.total()` when the current snapshot was made.
+    log_at_snapshot: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
-    pub fn open(data_dir: &Path) -> io::Result<StateMachineStore> {
+    /// `log` measures the Raft log's growth (`Durable::log_meter`) for the snapshot policy.
+    pub fn open(data_dir: &Path, log: LogMeter) -> io::Result<StateMachineStore> {
         let (tx, _) = watch::channel(0);
         let handle = SmHandle {
             data: Arc::new(RwLock::new(SmData::default())),
@@ -62,6 +82,8 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             handle,
             snapshots: SnapshotFile::new(data_dir)?,
+            log_at_snapshot: Arc::new(AtomicU64::new(log.total())),
+            log,
         })
     }
 
@@ -83,17 +105,21 @@ impl StateMachineStore {
         }
     }
 
-    fn snapshot_from(&self, data: &SmData) -> io::Result<Snapshot> {
-        let bytes = encode(data)?;
+    /// Encodes `data` straight into the snapshot file. The returned snapshot carries no bytes:
+    /// openraft 0.10 uses only the meta of a snapshot it had built (`BuildSnapshotDone(meta)`)
+    /// and reads the data through `get_current_snapshot` when a follower needs it.
+    fn snapshot_from(&self, data: &SmData, log_at: u64) -> io::Result<Snapshot> {
         let meta = SnapshotMeta {
             last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
         // false when a newer snapshot was installed meanwhile; that one stays current
-        self.snapshots.write(&meta, &bytes)?;
+        if self.snapshots.write_state(&meta, data)? {
+            self.log_at_snapshot.store(log_at, Ordering::Relaxed);
+        }
         Ok(Snapshot {
             meta,
-            snapshot: bytes,
+            snapshot: Vec::new(),
         })
     }
 }
@@ -103,9 +129,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 
     /// Encodes a consistent copy under the read lock, then writes the file outside it.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let copy = self.handle.read(SmData::clone);
+        let (copy, log_at) = self.handle.read(|d| (d.clone(), self.log.total()));
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.snapshot_from(&copy))
+        tokio::task::spawn_blocking(move || this.snapshot_from(&copy, log_at))
             .await
             .map_err(io::Error::other)?
     }
@@ -147,6 +173,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// Refuses an unforced build while the log grew less than `snapshot_worth_it` asks;
+    /// openraft then tries again after another `snapshot_logs` entries.
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        let since = self
+            .log
+            .total()
+            .saturating_sub(self.log_at_snapshot.load(Ordering::Relaxed));
+        (force || snapshot_worth_it(since, self.snapshots.size())).then(|| self.clone())
+    }
+
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
@@ -168,6 +204,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(io::Error::other)??;
         new_data.last_applied = meta.last_log_id;
         new_data.membership = meta.last_membership.clone();
+        self.log_at_snapshot
+            .store(self.log.total(), Ordering::Relaxed);
         let version = new_data.state.config_version;
         *self
             .handle
@@ -183,5 +221,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .snapshots
             .read()?
             .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_waits_until_the_log_grew_by_half_the_last_one() {
+        assert!(snapshot_worth_it(0, 0), "no snapshot yet: openraft's policy decides");
+        assert!(snapshot_worth_it(1_000, 100));
+        assert!(!snapshot_worth_it(49 << 20, 100 << 20));
+        assert!(snapshot_worth_it(50 << 20, 100 << 20));
+        assert!(snapshot_worth_it(u64::MAX, u64::MAX));
     }
 }

@@ -2,13 +2,22 @@
 //! rename + fsync(dir), so a crash leaves either the old or the new snapshot, never a torn one.
 //! Writers are serialized, and a snapshot never replaces a newer one: openraft may build a
 //! snapshot while a newer one from the leader is being installed.
+//!
+//! Layout (v2): `[2][meta length u32 LE][meta: codec record][data: codec record, to the end]`.
+//! Both parts carry their own checksum. The data part is exactly the bytes a snapshot is sent to
+//! followers as, and a built snapshot is encoded straight into the file (no copy in memory).
+//! Files of the first layout (v1: one codec record of `(meta, data)`) are still read.
 
-use crate::codec::{decode, encode};
+use crate::codec::{FORMAT_V1, decode, encode, encode_to_file};
 use crate::types::{LogId, SnapshotMeta};
+use serde::Serialize;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+
+const FILE_V2: u8 = 2;
+const V2_HEADER: usize = 5;
 
 #[derive(Clone)]
 pub struct SnapshotFile {
@@ -25,7 +34,7 @@ impl SnapshotFile {
             dir,
             current: Arc::new(Mutex::new(None)),
         };
-        let last = this.read()?.and_then(|(meta, _)| meta.last_log_id);
+        let last = this.read_meta()?.and_then(|meta| meta.last_log_id);
         *this.current.lock().unwrap_or_else(PoisonError::into_inner) = last;
         Ok(this)
     }
@@ -34,30 +43,149 @@ impl SnapshotFile {
         self.dir.join("current")
     }
 
-    /// Replaces the current snapshot durably, unless the current one is newer. Returns whether
-    /// this snapshot is now the current one.
+    /// Size of the current file in bytes (0 when there is none).
+    pub fn size(&self) -> u64 {
+        fs::metadata(self.path()).map_or(0, |m| m.len())
+    }
+
+    /// Replaces the current snapshot with `data`, already encoded (one received from the
+    /// leader), unless the current one is newer. Returns whether it is now the current one.
     pub fn write(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<bool> {
+        self.replace(meta, |f| f.write_all(data))
+    }
+
+    /// Replaces the current snapshot with `state`, encoded straight into the file.
+    pub fn write_state<T: Serialize>(&self, meta: &SnapshotMeta, state: &T) -> io::Result<bool> {
+        self.replace(meta, |f| encode_to_file(state, f).map(|_| ()))
+    }
+
+    fn replace(
+        &self,
+        meta: &SnapshotMeta,
+        data: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<bool> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if *current > meta.last_log_id {
             return Ok(false);
         }
-        let bytes = encode(&(meta, data))?;
+        let meta_bytes = encode(meta)?;
+        let meta_len = u32::try_from(meta_bytes.len()).map_err(io::Error::other)?;
         let tmp = self.dir.join("current.tmp");
         let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(&[FILE_V2])?;
+        f.write_all(&meta_len.to_le_bytes())?;
+        f.write_all(&meta_bytes)?;
+        data(&mut f)?;
         f.sync_all()?;
+        drop(f);
         fs::rename(&tmp, self.path())?;
         File::open(&self.dir)?.sync_all()?;
         *current = meta.last_log_id;
         Ok(true)
     }
 
+    /// The current snapshot's meta only (reads the file's head).
+    fn read_meta(&self) -> io::Result<Option<SnapshotMeta>> {
+        let mut f = match File::open(self.path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut head = [0u8; V2_HEADER];
+        f.read_exact(&mut head)?;
+        if head[0] != FILE_V2 {
+            return self.read().map(|s| s.map(|(meta, _)| meta));
+        }
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut meta = vec![0u8; len];
+        f.read_exact(&mut meta)?;
+        decode(&meta).map(Some)
+    }
+
     /// The current snapshot, if any; a corrupt file is an error, never silently ignored.
     pub fn read(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        match fs::read(self.path()) {
-            Ok(bytes) => decode(&bytes).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let mut bytes = match fs::read(self.path()) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match bytes.first() {
+            Some(&FILE_V2) => {}
+            Some(&FORMAT_V1) => return decode(&bytes).map(Some),
+            _ => return Err(corrupt("unknown snapshot file format")),
         }
+        let len = bytes
+            .get(1..V2_HEADER)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| corrupt("snapshot file shorter than its header"))?;
+        let data_at = V2_HEADER + len;
+        let meta = bytes
+            .get(V2_HEADER..data_at)
+            .ok_or_else(|| corrupt("snapshot file shorter than its meta"))
+            .and_then(decode)?;
+        bytes.drain(..data_at);
+        Ok(Some((meta, bytes)))
+    }
+}
+
+fn corrupt(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::StoredMembership;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<crate::types::TypeConfig>(1, 1, index)),
+            last_membership: StoredMembership::default(),
+        }
+    }
+
+    #[test]
+    fn a_built_snapshot_reads_back_as_the_bytes_a_follower_installs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = SnapshotFile::new(dir.path()).expect("open");
+        let state = ("ledger", vec![42u64; 50_000]);
+        assert!(files.write_state(&meta(7), &state).expect("write"));
+        let (m, data) = files.read().expect("read").expect("a snapshot");
+        assert_eq!(m, meta(7));
+        assert_eq!(data, encode(&state).expect("encode"));
+        // the same bytes installed on another node give the same file
+        let other = tempfile::tempdir().expect("tempdir");
+        let theirs = SnapshotFile::new(other.path()).expect("open");
+        assert!(theirs.write(&m, &data).expect("install"));
+        assert_eq!(
+            fs::read(theirs.path()).expect("read"),
+            fs::read(files.path()).expect("read")
+        );
+        // a reopened store knows the current snapshot and refuses an older one
+        let reopened = SnapshotFile::new(dir.path()).expect("reopen");
+        assert!(!reopened.write_state(&meta(6), &state).expect("older"));
+    }
+
+    #[test]
+    fn first_layout_files_are_still_read_and_corruption_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = SnapshotFile::new(dir.path()).expect("open");
+        let data = encode(&"state").expect("encode");
+        fs::write(files.path(), encode(&(meta(3), &data)).expect("v1")).expect("write");
+        let (m, back) = files.read().expect("read").expect("a snapshot");
+        assert_eq!((m, back), (meta(3), data));
+        assert_eq!(
+            SnapshotFile::new(dir.path())
+                .expect("reopen")
+                .read_meta()
+                .expect("meta"),
+            Some(meta(3))
+        );
+
+        files.write_state(&meta(4), &"state").expect("write");
+        let mut bytes = fs::read(files.path()).expect("read");
+        bytes[V2_HEADER + 2] ^= 0xff;
+        fs::write(files.path(), &bytes).expect("corrupt");
+        assert!(files.read().is_err());
     }
 }
