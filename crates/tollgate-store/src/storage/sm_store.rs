@@ -230,7 +230,10 @@ mod tests {
 
     #[test]
     fn a_snapshot_waits_until_the_log_grew_by_half_the_last_one() {
-        assert!(snapshot_worth_it(0, 0), "no snapshot yet: openraft's policy decides");
+        assert!(
+            snapshot_worth_it(0, 0),
+            "no snapshot yet: openraft's policy decides"
+        );
         assert!(snapshot_worth_it(1_000, 100));
         assert!(!snapshot_worth_it(49 << 20, 100 << 20));
         assert!(snapshot_worth_it(50 << 20, 100 << 20));

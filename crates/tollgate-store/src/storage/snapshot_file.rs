@@ -139,7 +139,9 @@ mod tests {
 
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {
-            last_log_id: Some(openraft::testing::log_id::<crate::types::TypeConfig>(1, 1, index)),
+            last_log_id: Some(openraft::testing::log_id::<crate::types::TypeConfig>(
+                1, 1, index,
+            )),
             last_membership: StoredMembership::default(),
         }
     }
