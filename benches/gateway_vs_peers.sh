@@ -3,6 +3,8 @@
 # simulated upstream (`tollgate mock-upstream`, its own process):
 #   upstream direct | nginx (1 worker) as a bare reverse proxy | TensorZero | Tollgate gateway
 # Modes: JSON and SSE chat completions (16 completion tokens), at 1 and 50 connections.
+# Tollgate runs as DESIGN.md section 10 asks: API-key auth, three limits on the org (leases and
+# a reservation per request), routing, the usage journal (fdatasync group commit) and shipping.
 # Usage: [TARGETS="nginx tollgate"] [GATEWAY_THREADS=n] benches/gateway_vs_peers.sh [repeats=3] [seconds=10]
 # Needs: nginx (apt-get install nginx-light); TensorZero in a venv at $TZ_VENV (default
 # /tmp/tz-venv: python3 -m venv /tmp/tz-venv && /tmp/tz-venv/bin/pip install tensorzero==2026.6.0).
@@ -42,6 +44,10 @@ models:
     default_output_tokens: 16
     price: {input_per_mtok_micros: 150000, output_per_mtok_micros: 600000}
     tiers: [{endpoints: [{url: "http://127.0.0.1:$MOCK/v1"}]}]
+limits: # DESIGN.md section 10 counts leases and reservations: three limits, large enough never to refuse
+  - {scope: {org: {org: bench}}, dimension: requests_per_minute, limit: 100000000}
+  - {scope: {org: {org: bench}}, dimension: input_tokens_per_minute, limit: 10000000000}
+  - {scope: {org: {org: bench}}, dimension: {token_budget: {period: month}}, limit: 1000000000000}
 YAML
 for _ in $(seq 100); do $BIN admin apply -f "$DIR/config.yaml" >/dev/null 2>&1 && break; sleep 0.1; done
 KEY=$($BIN admin key create --org bench --project p --env test --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
@@ -101,3 +107,6 @@ for stream in false true; do
     run tollgate "http://127.0.0.1:$GW/v1/chat/completions" demo-chat $stream $c "$KEY"
   done
 done
+# what Tollgate did during the run (stderr): requests admitted on leases, lease refreshes, usage
+# shipped, journal syncs — evidence that the limits and the journal were in the path
+curl -sf "127.0.0.1:$GW/metrics" | grep -E '^tollgate_gateway_(quota_admitted|lease_refresh|usage_shipped|journal|requests_total)' >&2 || true

@@ -187,6 +187,15 @@ async fn usage_is_stripped_unless_asked_and_always_metered() {
         Some(8.0)
     );
     assert_eq!(s.metric("tollgate_gateway_prompt_tokens_total "), Some(6.0));
+    // and journaled: a reservation and a settlement each, before the client saw the end
+    assert_eq!(
+        s.metric("tollgate_gateway_journal_appends_total "),
+        Some(4.0)
+    );
+    assert_eq!(
+        s.metric("tollgate_gateway_journal_errors_total "),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

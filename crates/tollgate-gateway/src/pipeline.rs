@@ -161,6 +161,9 @@ fn metrics(gw: &Gw) -> Response<Body> {
         .metrics
         .render(&gw.router, gw.quota.mode(), gw.idempotency.len());
     gw.quota.render_metrics(&mut text);
+    if let Some(j) = &gw.journal {
+        j.stats.render(&mut text);
+    }
     let mut r = full(StatusCode::OK, text);
     r.headers_mut().insert(
         CONTENT_TYPE,

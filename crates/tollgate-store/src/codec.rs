@@ -28,7 +28,7 @@ pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// `encode` straight into a file (at its current position), without building the record in
 /// memory first: for snapshots, whose encoding can be hundreds of megabytes. The checksum is
 /// computed while writing and patched into the header afterwards. Returns the bytes written.
-pub fn encode_to_file<T: Serialize>(value: &T, f: &mut std::fs::File) -> io::Result<u64> {
+pub fn encode_to_file<T: Serialize, F: Write + Seek>(value: &T, f: &mut F) -> io::Result<u64> {
     let start = f.stream_position()?;
     f.write_all(&[FORMAT_V1, 0, 0, 0, 0])?;
     let (n, crc) = {

@@ -106,6 +106,21 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+impl JournalStats {
+    /// Prometheus text for `/metrics`.
+    pub fn render(&self, o: &mut String) {
+        use std::fmt::Write as _;
+        for (name, v) in [
+            ("tollgate_gateway_journal_appends_total", &self.appended),
+            ("tollgate_gateway_journal_syncs_total", &self.syncs),
+            ("tollgate_gateway_journal_errors_total", &self.errors),
+        ] {
+            let v = v.load(Ordering::Relaxed);
+            let _ = writeln!(o, "# TYPE {name} counter\n{name} {v}");
+        }
+    }
+}
+
 impl Journal {
     /// Opens (or creates) the journal in `dir` and replays it.
     pub fn open(dir: &Path) -> io::Result<(Journal, Replay)> {

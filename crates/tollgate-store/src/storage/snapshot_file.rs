@@ -12,11 +12,15 @@ use crate::codec::{FORMAT_V1, decode, encode, encode_to_file};
 use crate::types::{LogId, SnapshotMeta};
 use serde::Serialize;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 const FILE_V2: u8 = 2;
+/// A snapshot being written is synced every this many bytes, so its writeback never piles up
+/// into one burst that the Raft log's `fdatasync` has to wait behind (seconds for a large
+/// ledger, long enough for replication and heartbeat RPCs to time out).
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
 const V2_HEADER: usize = 5;
 
 #[derive(Clone)]
@@ -62,7 +66,7 @@ impl SnapshotFile {
     fn replace(
         &self,
         meta: &SnapshotMeta,
-        data: impl FnOnce(&mut File) -> io::Result<()>,
+        data: impl FnOnce(&mut SyncingFile) -> io::Result<()>,
     ) -> io::Result<bool> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if *current > meta.last_log_id {
@@ -75,9 +79,10 @@ impl SnapshotFile {
         f.write_all(&[FILE_V2])?;
         f.write_all(&meta_len.to_le_bytes())?;
         f.write_all(&meta_bytes)?;
-        data(&mut f)?;
-        f.sync_all()?;
-        drop(f);
+        let mut w = SyncingFile { file: f, since: 0 };
+        data(&mut w)?;
+        w.file.sync_all()?;
+        drop(w);
         fs::rename(&tmp, self.path())?;
         File::open(&self.dir)?.sync_all()?;
         *current = meta.last_log_id;
@@ -125,6 +130,35 @@ impl SnapshotFile {
             .and_then(decode)?;
         bytes.drain(..data_at);
         Ok(Some((meta, bytes)))
+    }
+}
+
+/// The snapshot file being written, synced every `SYNC_EVERY_BYTES`.
+pub struct SyncingFile {
+    file: File,
+    since: u64,
+}
+
+impl Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let chunk = buf.len().min(SYNC_EVERY_BYTES as usize);
+        let n = self.file.write(&buf[..chunk])?;
+        self.since += n as u64;
+        if self.since >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.since = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for SyncingFile {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
     }
 }
 
