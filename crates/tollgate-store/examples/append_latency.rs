@@ -1,12 +1,14 @@
-//! Measures `LogStore::append` (insert + flush + fdatasync) latency for entries of a given size:
+//! Measures `LogStore::append` latency until the entry is reported durable (insert, then the
+//! group commit's flush + fdatasync and callback) for entries of a given size:
 //! `cargo run --release -p tollgate-store --example append_latency -- <entries> <value-bytes>`.
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, LogId};
 use std::time::Instant;
 use tollgate_ledger::{Actor, Command, Request};
 use tollgate_store::storage::{Durable, LogStore};
-use tollgate_store::types::Entry;
+use tollgate_store::types::{Entry, TypeConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -46,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
             payload: EntryPayload::Normal(req),
         };
         let t = Instant::now();
-        log.append(vec![entry], IOFlushed::noop()).await?;
+        // until durable: the group-commit thread reports it through the callback
+        let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
+        log.append(vec![entry], IOFlushed::signal(tx)).await?;
+        rx.await??;
         lat.push(t.elapsed().as_micros());
     }
     lat.sort_unstable();
