@@ -52,8 +52,9 @@ impl SmHandle {
 /// policy (every `snapshot_logs` entries) may build the next one. A snapshot encodes the whole
 /// state, usage ledger included; with a fixed entry count its cost per entry would grow with the
 /// ledger, so under sustained ingestion snapshots came to take most of the CPU. Tied to the log's
-/// growth, encoding costs at most `SNAPSHOT_LOG_SHARE` snapshot bytes per byte logged, however
-/// large the state, and the log between snapshots stays below half the state's encoded size.
+/// growth, a snapshot (the last one's size plus what the state grew, which is at most about what
+/// was logged) costs about `SNAPSHOT_LOG_SHARE + 1` encoded bytes per byte logged, however large
+/// the state; and the log between snapshots stays near half the state's encoded size.
 pub const SNAPSHOT_LOG_SHARE: u64 = 2;
 
 /// Whether the log grew enough since the last snapshot to build the next one (see
