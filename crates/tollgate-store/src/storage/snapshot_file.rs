@@ -8,7 +8,7 @@
 //! followers as, and a built snapshot is encoded straight into the file (no copy in memory).
 //! Files of the first layout (v1: one codec record of `(meta, data)`) are still read.
 
-use crate::codec::{FORMAT_V1, decode, encode, encode_to_file};
+use crate::codec::{FORMAT_V1, decode, encode, encode_to_file, verify};
 use crate::types::{LogId, SnapshotMeta};
 use serde::Serialize;
 use std::fs::{self, File};
@@ -34,6 +34,8 @@ impl SnapshotFile {
     pub fn new(data_dir: &Path) -> io::Result<SnapshotFile> {
         let dir = data_dir.join("snapshot");
         fs::create_dir_all(&dir)?;
+        // the new directory's entry must survive a power loss too
+        File::open(data_dir)?.sync_all()?;
         let this = SnapshotFile {
             dir,
             current: Arc::new(Mutex::new(None)),
@@ -129,6 +131,8 @@ impl SnapshotFile {
             .ok_or_else(|| corrupt("snapshot file shorter than its meta"))
             .and_then(decode)?;
         bytes.drain(..data_at);
+        // never hand a corrupt snapshot to a follower: its install would fail fatally
+        verify(&bytes)?;
         Ok(Some((meta, bytes)))
     }
 }
@@ -221,6 +225,13 @@ mod tests {
         files.write_state(&meta(4), &"state").expect("write");
         let mut bytes = fs::read(files.path()).expect("read");
         bytes[V2_HEADER + 2] ^= 0xff;
+        fs::write(files.path(), &bytes).expect("corrupt");
+        assert!(files.read().is_err());
+        // a flipped byte in the data part is caught on read, not only at install
+        files.write_state(&meta(5), &"state").expect("write");
+        let mut bytes = fs::read(files.path()).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
         fs::write(files.path(), &bytes).expect("corrupt");
         assert!(files.read().is_err());
     }
