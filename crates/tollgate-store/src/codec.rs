@@ -64,19 +64,8 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-/// Checks a record's format byte and checksum without decoding it.
-pub fn verify(bytes: &[u8]) -> io::Result<()> {
-    if bytes.len() < HEADER_BYTES || bytes[0] != FORMAT_V1 {
-        return Err(corrupt("bad record header".to_owned()));
-    }
-    let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-    if crc32fast::hash(&bytes[HEADER_BYTES..]) != stored {
-        return Err(corrupt("checksum mismatch".to_owned()));
-    }
-    Ok(())
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+/// Checks a record's format byte and checksum without decoding it; returns its payload.
+pub fn verify(bytes: &[u8]) -> io::Result<&[u8]> {
     if bytes.len() < HEADER_BYTES {
         return Err(corrupt(format!(
             "record of {} bytes is shorter than its header",
@@ -91,6 +80,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     if crc32fast::hash(payload) != stored {
         return Err(corrupt("checksum mismatch".to_owned()));
     }
+    Ok(payload)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    let payload = verify(bytes)?;
     let (value, used) =
         bincode::serde::decode_from_slice(payload, config()).map_err(|e| corrupt(e.to_string()))?;
     if used != payload.len() {
