@@ -47,14 +47,25 @@ pub struct Durable {
     log_meter: LogMeter,
 }
 
-/// Bytes of Raft entries appended since this process started: the state machine compares the
-/// log's growth with the size of its last snapshot to decide when the next one is worth it.
+/// Bytes of the Raft entries in the log now (appended, not yet purged or truncated), counted from
+/// the log itself at open: the state machine compares them with the size of its snapshot to
+/// decide when the next snapshot is worth building. Since openraft purges the log behind each
+/// snapshot, this is the log written since the last snapshot (plus the few entries openraft keeps
+/// behind it), and it survives restarts.
 #[derive(Clone, Default)]
 pub struct LogMeter(Arc<AtomicU64>);
 
 impl LogMeter {
     pub fn add(&self, bytes: u64) {
         self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, bytes: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
     }
 
     pub fn total(&self) -> u64 {

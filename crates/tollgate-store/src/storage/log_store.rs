@@ -36,6 +36,11 @@ impl LogStore {
             meta: durable.tree("raft_meta")?,
             durable,
         };
+        let mut in_log = 0;
+        for item in store.log.iter() {
+            in_log += item.map_err(sled_err)?.1.len() as u64;
+        }
+        store.durable.log_meter().add(in_log);
         if let Some(mut vote) = store.meta_get::<Vote>(VOTE)?
             && vote.committed
         {
@@ -183,10 +188,14 @@ impl LogStore {
     fn remove_range<R: RangeBounds<u64>>(&self, range: R) -> io::Result<()> {
         let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
         let mut batch = sled::Batch::default();
+        let mut removed = 0;
         for item in self.log.range(range) {
-            let (key, _) = item.map_err(sled_err)?;
+            let (key, value) = item.map_err(sled_err)?;
+            removed += value.len() as u64;
             batch.remove(key);
         }
-        self.log.apply_batch(batch).map_err(sled_err)
+        self.log.apply_batch(batch).map_err(sled_err)?;
+        self.durable.log_meter().sub(removed);
+        Ok(())
     }
 }

@@ -12,7 +12,6 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tollgate_ledger::{Outcome, State};
@@ -57,8 +56,8 @@ impl SmHandle {
 /// the state; and the log between snapshots stays near half the state's encoded size.
 pub const SNAPSHOT_LOG_SHARE: u64 = 2;
 
-/// Whether the log grew enough since the last snapshot to build the next one (see
-/// `SNAPSHOT_LOG_SHARE`).
+/// Whether the log written since the last snapshot (`LogMeter`) is large enough to build the
+/// next one (see `SNAPSHOT_LOG_SHARE`).
 pub fn snapshot_worth_it(log_bytes_since: u64, last_snapshot_bytes: u64) -> bool {
     log_bytes_since.saturating_mul(SNAPSHOT_LOG_SHARE) >= last_snapshot_bytes
 }
@@ -67,9 +66,8 @@ pub fn snapshot_worth_it(log_bytes_since: u64, last_snapshot_bytes: u64) -> bool
 pub struct StateMachineStore {
     handle: SmHandle,
     snapshots: SnapshotFile,
+    /// The log written since the last snapshot, for the snapshot policy.
     log: LogMeter,
-    /// `log.total()` when the current snapshot was made.
-    log_at_snapshot: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
@@ -83,7 +81,6 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             handle,
             snapshots: SnapshotFile::new(data_dir)?,
-            log_at_snapshot: Arc::new(AtomicU64::new(log.total())),
             log,
         })
     }
@@ -109,15 +106,13 @@ impl StateMachineStore {
     /// Encodes `data` straight into the snapshot file. The returned snapshot carries no bytes:
     /// openraft 0.10 uses only the meta of a snapshot it had built (`BuildSnapshotDone(meta)`)
     /// and reads the data through `get_current_snapshot` when a follower needs it.
-    fn snapshot_from(&self, data: &SmData, log_at: u64) -> io::Result<Snapshot> {
+    fn snapshot_from(&self, data: &SmData) -> io::Result<Snapshot> {
         let meta = SnapshotMeta {
             last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
         // false when a newer snapshot was installed meanwhile; that one stays current
-        if self.snapshots.write_state(&meta, data)? {
-            self.log_at_snapshot.store(log_at, Ordering::Relaxed);
-        }
+        self.snapshots.write_state(&meta, data)?;
         Ok(Snapshot {
             meta,
             snapshot: Vec::new(),
@@ -130,9 +125,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 
     /// Encodes a consistent copy under the read lock, then writes the file outside it.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (copy, log_at) = self.handle.read(|d| (d.clone(), self.log.total()));
+        let copy = self.handle.read(SmData::clone);
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.snapshot_from(&copy, log_at))
+        tokio::task::spawn_blocking(move || this.snapshot_from(&copy))
             .await
             .map_err(io::Error::other)?
     }
@@ -177,11 +172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     /// Refuses an unforced build while the log grew less than `snapshot_worth_it` asks;
     /// openraft then tries again after another `snapshot_logs` entries.
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
-        let since = self
-            .log
-            .total()
-            .saturating_sub(self.log_at_snapshot.load(Ordering::Relaxed));
-        (force || snapshot_worth_it(since, self.snapshots.size())).then(|| self.clone())
+        (force || snapshot_worth_it(self.log.total(), self.snapshots.size())).then(|| self.clone())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -205,8 +196,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(io::Error::other)??;
         new_data.last_applied = meta.last_log_id;
         new_data.membership = meta.last_membership.clone();
-        self.log_at_snapshot
-            .store(self.log.total(), Ordering::Relaxed);
         let version = new_data.state.config_version;
         *self
             .handle
