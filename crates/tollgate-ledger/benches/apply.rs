@@ -3,19 +3,12 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
+use tollgate_ledger::testkit::{self, id};
 use tollgate_ledger::{Actor, Command, Request, State};
-use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, KeyStatus, Org, OrgStatus, Project};
 use tollgate_types::lease::Want;
 use tollgate_types::limits::{Dimension, FailPolicy, Limit, LimitKey, Period, Scope};
-use tollgate_types::secret::{ClusterSecret, Role};
-use tollgate_types::usage::{UsageRecord, UsageStatus};
-
-fn id<T: TryFrom<String>>(s: &str) -> T
-where
-    T::Error: std::fmt::Debug,
-{
-    T::try_from(s.to_owned()).expect("valid id")
-}
+use tollgate_types::secret::ClusterSecret;
+use tollgate_types::usage::UsageRecord;
 
 fn req(n: &mut u64, command: Command) -> Request {
     *n += 1;
@@ -40,47 +33,10 @@ fn limit(dimension: Dimension, value: u64) -> Limit {
 }
 
 fn setup() -> (State, u64) {
-    let secret = ClusterSecret::generate();
-    let admin = AdminTokenRecord {
-        id: id("admin_x"),
-        name: "x".into(),
-        role: Role::Admin,
-        digest: secret.digest("x"),
-        revoked: false,
-        created_at_ms: 0,
-    };
-    let key = ApiKeyRecord {
-        id: id("live_k"),
-        org: id("acme"),
-        project: id("web"),
-        name: "k".into(),
-        digest: secret.digest("k"),
-        status: KeyStatus::Active,
-        allowed_models: vec![],
-        scopes: vec![],
-        expires_at_ms: None,
-        created_at_ms: 0,
-    };
     let mut s = State::default();
     let mut n = 0;
-    let cmds = vec![
-        Command::Bootstrap {
-            keygen: ClusterSecret::generate(),
-            secret: secret.clone(),
-            admin,
-        },
-        Command::CreateOrg(Org {
-            id: id("acme"),
-            name: "A".into(),
-            status: OrgStatus::Active,
-            tier: 0,
-        }),
-        Command::CreateProject(Project {
-            org: id("acme"),
-            id: id("web"),
-            name: "W".into(),
-        }),
-        Command::CreateKey(key),
+    let mut cmds = testkit::tenant(&ClusterSecret::generate());
+    cmds.extend([
         Command::PutLimit(limit(Dimension::RequestsPerMinute, u64::MAX >> 12)),
         Command::PutLimit(limit(
             Dimension::TokenBudget {
@@ -94,7 +50,7 @@ fn setup() -> (State, u64) {
             },
             u64::MAX >> 12,
         )),
-    ];
+    ]);
     for c in cmds {
         let r = req(&mut n, c);
         s.apply(&r).expect("setup applies");
@@ -104,21 +60,8 @@ fn setup() -> (State, u64) {
 
 fn record(i: u64) -> UsageRecord {
     UsageRecord {
-        request_id: id(&format!("req-{i}")),
-        org: id("acme"),
-        project: id("web"),
-        key: id("live_k"),
-        model: id("m"),
-        gateway: "gw1".into(),
-        prompt_tokens: 120,
-        completion_tokens: 380,
         cost_micros: 250,
-        price_version: 1,
-        status: UsageStatus::Completed,
-        started_at_ms: 0,
-        ended_at_ms: 0,
-        estimated: false,
-        unbacked: false,
+        ..testkit::usage(&format!("req-{i}"), 120, 380)
     }
 }
 

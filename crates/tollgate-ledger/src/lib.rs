@@ -17,8 +17,10 @@ pub mod dedup;
 pub mod doc;
 pub mod grant;
 pub mod lease;
+pub mod ledger;
 pub mod outcome;
 pub mod state;
+pub mod testkit;
 pub mod usage;
 
 pub use command::{Actor, Command, Request};

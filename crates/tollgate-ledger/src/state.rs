@@ -5,8 +5,9 @@ use crate::audit::{AuditEntry, AuditRecord, next_record};
 use crate::command::{Actor, Command, REQUEST_ID_BYTES_MAX, Request};
 use crate::dedup::Dedup;
 use crate::lease::{Bucket, BucketId, Leases};
+use crate::ledger::{Ledger, record_digest};
 use crate::outcome::Outcome;
-use crate::usage::{LedgerEntry, UsageIndex};
+use crate::usage::{UsageIndex, body_of};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, ModelDef, Org, Project};
@@ -62,9 +63,10 @@ pub struct State {
     /// Store minute of the last sweep of past-period buckets.
     pub pruned_minute: u64,
     pub leases: Leases,
-    /// The usage ledger; `ledger[i].seq == i + 1`. Persistent (structurally shared) collections:
-    /// a snapshot clones them in O(1) instead of copying every record under the state lock.
-    pub ledger: imbl::Vector<LedgerEntry>,
+    /// The usage ledger: length, chain head, and the entries the store has not yet moved to
+    /// its archive (`ledger.rs`). Persistent (structurally shared) collections below: a
+    /// snapshot clones them in O(1) instead of copying every id under the state lock.
+    pub ledger: Ledger,
     pub usage_index: imbl::OrdMap<RequestId, UsageIndex>,
     /// The ids of `usage_index` that carry a time (UUIDv7), by that time: pruned past the
     /// retention (`usage::USAGE_DEDUP_RETENTION_MS`), which bounds the index.
@@ -77,7 +79,7 @@ pub struct State {
 #[derive(Default)]
 pub(crate) struct Touched {
     pub buckets: Vec<BucketId>,
-    pub ledger_from: usize,
+    pub ledger_from: u64,
     pub audit_from: usize,
 }
 
@@ -275,11 +277,13 @@ impl State {
                 b.check(id)?;
             }
         }
-        for entry in (touched.ledger_from..self.ledger.len()).map(|i| &self.ledger[i]) {
-            let indexed = self.usage_index.get(&entry.record.request_id);
-            if indexed != Some(&UsageIndex::InLedger { seq: entry.seq }) {
-                return Err(InvariantViolation::Lg1(entry.record.request_id.to_string()));
-            }
+        let recent = self.ledger.recent();
+        let fresh = self.ledger.len() - touched.ledger_from;
+        for entry in recent
+            .iter()
+            .skip(recent.len().saturating_sub(fresh as usize))
+        {
+            self.check_indexed(entry)?;
         }
         for i in touched.audit_from.max(1)..self.audit.len() {
             if self.audit[i].prev_hash != self.audit[i - 1].hash {
@@ -289,13 +293,27 @@ impl State {
         Ok(())
     }
 
-    /// Checks QL-1 on every bucket and LG-1 over the whole ledger (tests, chaos checker).
+    /// LG-1 for one appended entry: the index maps its id to exactly this entry and body, so a
+    /// second entry with the same id cannot be in the ledger.
+    fn check_indexed(&self, entry: &crate::usage::LedgerEntry) -> Result<(), InvariantViolation> {
+        let expected = UsageIndex::InLedger {
+            seq: entry.seq,
+            body: body_of(&record_digest(&entry.record)),
+        };
+        if self.usage_index.get(&entry.record.request_id) != Some(&expected) {
+            return Err(InvariantViolation::Lg1(entry.record.request_id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Checks QL-1 on every bucket, LG-1 over the ledger entries still held here, and the audit
+    /// chain (tests, models). The store checks its archived entries with `ledger::chain_over`.
     pub fn check_all_invariants(&self) -> Result<(), InvariantViolation> {
         for (id, b) in &self.buckets {
             b.check(id)?;
         }
         let mut seen = std::collections::BTreeSet::new();
-        for e in &self.ledger {
+        for e in self.ledger.recent() {
             if !seen.insert(&e.record.request_id) {
                 return Err(InvariantViolation::Lg1(e.record.request_id.to_string()));
             }

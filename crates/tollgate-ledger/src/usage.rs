@@ -2,6 +2,7 @@
 //! next sequence number and settles it into every bucket it falls under (LG-1, QL-1).
 
 use crate::lease::{Kind, bucket_period, kind};
+use crate::ledger::{RecordDigest, record_digest};
 use crate::outcome::{Outcome, UsageAck};
 use crate::state::{State, Touched};
 use serde::{Deserialize, Serialize};
@@ -44,11 +45,13 @@ pub struct LedgerEntry {
 pub enum UsageIndex {
     InLedger {
         seq: u64,
+        /// The first half of the record's digest (`ledger::record_digest`): a repeat with
+        /// another body is a conflict, told apart without the entry itself (which the store
+        /// has moved to its archive).
+        body: [u8; 16],
     },
     /// Rejected for good: a retry gets the same answer.
-    Failed {
-        reason: String,
-    },
+    Failed { reason: String },
 }
 
 /// How much of a limit's dimension a record uses.
@@ -91,13 +94,11 @@ impl State {
         touched: &mut Touched,
     ) -> UsageAck {
         self.prune_usage_index();
+        let digest = record_digest(r);
+        let body = body_of(&digest);
         match self.usage_index.get(&r.request_id) {
-            Some(UsageIndex::InLedger { seq }) => {
-                let same = self
-                    .ledger
-                    .get((*seq - 1) as usize)
-                    .is_some_and(|e| &e.record == r);
-                return if same {
+            Some(UsageIndex::InLedger { seq, body: known }) => {
+                return if *known == body {
                     UsageAck::Duplicate { seq: *seq }
                 } else {
                     UsageAck::Conflict { seq: *seq }
@@ -127,14 +128,9 @@ impl State {
             );
             return UsageAck::Rejected { reason };
         }
-        let seq = self.ledger.len() as u64 + 1;
-        self.ledger.push_back(LedgerEntry {
-            seq,
-            ts_ms: self.clock_ms,
-            record: r.clone(),
-        });
+        let seq = self.ledger.push(self.clock_ms, r.clone(), &digest);
         self.usage_index
-            .insert(r.request_id.clone(), UsageIndex::InLedger { seq });
+            .insert(r.request_id.clone(), UsageIndex::InLedger { seq, body });
         self.settle_record(r, holder, touched);
         UsageAck::Accepted { seq }
     }
@@ -185,6 +181,13 @@ impl State {
             touched.buckets.push(bucket_id);
         }
     }
+}
+
+/// The part of a record digest the dedup index keeps.
+pub(crate) fn body_of(digest: &RecordDigest) -> [u8; 16] {
+    let mut body = [0u8; 16];
+    body.copy_from_slice(&digest[..16]);
+    body
 }
 
 /// Refuses oversized batches.

@@ -6,20 +6,14 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use tollgate_ledger::lease::bucket_period;
+use tollgate_ledger::testkit::{self, id};
 use tollgate_ledger::{Actor, Command, Outcome, Request, State, UsageAck};
-use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, KeyStatus, Org, OrgStatus, Project};
+use tollgate_types::config::{AdminTokenRecord, Org, OrgStatus};
 use tollgate_types::lease::{Return, Want};
 use tollgate_types::limits::{Dimension, FailPolicy, Limit, LimitKey, Period, Scope};
 use tollgate_types::secret::{ClusterSecret, Role};
-use tollgate_types::usage::{UsageRecord, UsageStatus};
-use tollgate_types::{KeyId, ModelName, OrgId, ProjectId, RequestId};
-
-fn id<T: TryFrom<String>>(s: &str) -> T
-where
-    T::Error: std::fmt::Debug,
-{
-    T::try_from(s.to_owned()).expect("valid id")
-}
+use tollgate_types::usage::UsageRecord;
+use tollgate_types::{OrgId, RequestId};
 
 struct Fixture {
     state: State,
@@ -29,48 +23,14 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let secret = ClusterSecret::generate();
-        let admin = AdminTokenRecord {
-            id: id("admin_root"),
-            name: "root".into(),
-            role: Role::Admin,
-            digest: secret.digest("x"),
-            revoked: false,
-            created_at_ms: 0,
-        };
         let mut f = Fixture {
             state: State::default(),
             n: 0,
             ts: 1_700_000_000_000,
         };
-        f.run(Command::Bootstrap {
-            keygen: ClusterSecret::generate(),
-            secret: secret.clone(),
-            admin,
-        });
-        f.run(Command::CreateOrg(Org {
-            id: id("acme"),
-            name: "Acme".into(),
-            status: OrgStatus::Active,
-            tier: 0,
-        }));
-        f.run(Command::CreateProject(Project {
-            org: id("acme"),
-            id: id("web"),
-            name: "Web".into(),
-        }));
-        f.run(Command::CreateKey(ApiKeyRecord {
-            id: id("live_key1"),
-            org: id("acme"),
-            project: id("web"),
-            name: "k".into(),
-            digest: secret.digest("k"),
-            status: KeyStatus::Active,
-            allowed_models: vec![],
-            scopes: vec![],
-            expires_at_ms: None,
-            created_at_ms: 0,
-        }));
+        for command in testkit::tenant(&ClusterSecret::generate()) {
+            f.run(command);
+        }
         f
     }
 
@@ -113,21 +73,9 @@ fn budget_key() -> LimitKey {
 
 fn record(rid: u8, tokens: u64, gateway: u8) -> UsageRecord {
     UsageRecord {
-        request_id: id::<RequestId>(&format!("r{rid}")),
-        org: id::<OrgId>("acme"),
-        project: id::<ProjectId>("web"),
-        key: id::<KeyId>("live_key1"),
-        model: id::<ModelName>("m"),
         gateway: format!("gw{gateway}"),
-        prompt_tokens: tokens / 2,
-        completion_tokens: tokens - tokens / 2,
         cost_micros: tokens,
-        price_version: 1,
-        status: UsageStatus::Completed,
-        started_at_ms: 0,
-        ended_at_ms: 0,
-        estimated: false,
-        unbacked: false,
+        ..testkit::usage(&format!("r{rid}"), tokens / 2, tokens - tokens / 2)
     }
 }
 
@@ -378,9 +326,14 @@ proptest! {
             prop_assert!(holds_match_leases(&f.state).is_ok(), "{:?}", holds_match_leases(&f.state));
         }
         // LG-1 and exactness: the ledger is exactly the accepted records
-        let ledger_total: u64 = f.state.ledger.iter().map(|e| e.record.total_tokens()).sum();
+        let entries = f.state.ledger.recent();
+        let ledger_total: u64 = entries.iter().map(|e| e.record.total_tokens()).sum();
         prop_assert_eq!(ledger_total, accepted.values().map(|b| b.0).sum::<u64>());
-        prop_assert_eq!(f.state.ledger.len(), accepted.len());
+        prop_assert_eq!(f.state.ledger.len(), accepted.len() as u64);
+        prop_assert_eq!(entries.len(), accepted.len(), "nothing took the entries");
+        // the chain head commits to exactly these entries
+        let chained = tollgate_ledger::ledger::chain_over(0, [0; 32], entries.iter());
+        prop_assert_eq!(chained, Ok((f.state.ledger.len(), f.state.ledger.head())));
         let bucket = f.state.buckets.get(&(budget_key(), bucket_period(budget_key().dimension, f.ts)));
         prop_assert_eq!(bucket.map_or(0, |b| b.settled), ledger_total);
         // dead gateways: once every lease is past its release time, nothing is held any more
@@ -704,4 +657,47 @@ fn usage_settles_into_the_period_it_was_admitted_in() {
         records: vec![ahead],
     });
     assert_eq!(settled(&f.state, day(f.ts)), 5);
+}
+
+#[test]
+fn the_ledger_chain_survives_the_store_taking_entries_and_catches_any_change() {
+    use tollgate_ledger::ledger::{ChainError, chain_over};
+    let mut f = Fixture::new();
+    f.run(Command::RecordUsage {
+        records: vec![record(1, 10, 0), record(2, 20, 0)],
+    });
+    // the store takes what was appended into its archive; later entries chain on
+    let taken: Vec<_> = f.state.ledger.take_recent().into_iter().collect();
+    assert!(f.state.ledger.recent().is_empty());
+    let mid = chain_over(0, [0; 32], taken.iter()).expect("consecutive");
+    assert_eq!(mid.0, 2);
+    f.run(Command::RecordUsage {
+        records: vec![record(3, 30, 0), record(1, 10, 0)],
+    });
+    assert_eq!(f.state.ledger.len(), 3, "the repeat of r1 is a duplicate");
+    let rest: Vec<_> = f.state.ledger.recent().iter().cloned().collect();
+    let all: Vec<_> = taken.iter().chain(&rest).cloned().collect();
+    let head = (f.state.ledger.len(), f.state.ledger.head());
+    assert_eq!(chain_over(mid.0, mid.1, rest.iter()), Ok(head));
+    assert_eq!(chain_over(0, [0; 32], all.iter()), Ok(head));
+    // any changed field, a reordering or a gap gives another head or an error
+    let mut changed = all.clone();
+    changed[1].record.completion_tokens += 1;
+    assert_ne!(chain_over(0, [0; 32], changed.iter()), Ok(head));
+    let mut stamped = all.clone();
+    stamped[0].ts_ms += 1;
+    assert_ne!(chain_over(0, [0; 32], stamped.iter()), Ok(head));
+    assert_eq!(
+        chain_over(0, [0; 32], [&all[0], &all[2]]),
+        Err(ChainError::Gap { after: 1, found: 3 })
+    );
+    // the dedup index still tells a conflicting body apart without the entry at hand
+    let conflicting = UsageRecord {
+        prompt_tokens: 999,
+        ..record(1, 10, 0)
+    };
+    let out = f.run(Command::RecordUsage {
+        records: vec![conflicting],
+    });
+    assert_eq!(usage_ack(&out), Some(&UsageAck::Conflict { seq: 1 }));
 }

@@ -2,6 +2,7 @@
 //! with connect and per-RPC timeouts; snapshots stream as a header frame plus 1 MiB chunks.
 
 use crate::codec::{decode, encode};
+use crate::storage::SnapData;
 use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
@@ -174,7 +175,7 @@ fn with_timeout<T>(mut req: tonic::Request<T>, option: &RPCOption) -> tonic::Req
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapData;
 
     async fn append_entries(
         &mut self,
@@ -215,17 +216,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let header = encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        // this node's own snapshot gathers its ledger from the archive: disk reads
+        let bytes = tokio::task::spawn_blocking(move || snapshot.snapshot.into_transfer())
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let mut frames = vec![SnapshotFrame {
             frame: Some(Frame::Header(header)),
         }];
-        frames.extend(
-            snapshot
-                .snapshot
-                .chunks(SNAPSHOT_CHUNK_BYTES)
-                .map(|c| SnapshotFrame {
-                    frame: Some(Frame::Chunk(c.to_vec())),
-                }),
-        );
+        frames.extend(bytes.chunks(SNAPSHOT_CHUNK_BYTES).map(|c| SnapshotFrame {
+            frame: Some(Frame::Chunk(c.to_vec())),
+        }));
         let mut client = self.client()?;
         let send = client.install_snapshot(tokio_stream::iter(frames));
         let resp = tokio::select! {

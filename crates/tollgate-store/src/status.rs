@@ -80,7 +80,7 @@ pub fn cluster_status(
         (
             d.last_applied.map(|l| l.index),
             d.state.config_version,
-            d.state.ledger.len() as u64,
+            d.state.ledger.len(),
             state,
         )
     });

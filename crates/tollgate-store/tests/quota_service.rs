@@ -16,7 +16,7 @@ use tollgate_types::config::{GatewayConfig, Org, OrgStatus, Project};
 use tollgate_types::lease::AcquireResult;
 use tollgate_types::limits::{Dimension, FailPolicy, Limit, Period, Scope};
 use tollgate_types::secret;
-use tollgate_types::usage::{UsageRecord, UsageStatus};
+use tollgate_types::usage::UsageRecord;
 
 fn with_token<T>(body: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(body);
@@ -29,21 +29,9 @@ fn with_token<T>(body: T, token: &str) -> tonic::Request<T> {
 
 fn record(key: &str, rid: &str, tokens: u64) -> UsageRecord {
     UsageRecord {
-        request_id: rid.parse_id(),
-        org: "acme".parse_id(),
-        project: "web".parse_id(),
         key: key.parse_id(),
-        model: "m".parse_id(),
-        gateway: "gw1".into(),
-        prompt_tokens: tokens,
-        completion_tokens: 0,
         cost_micros: 0,
-        price_version: 1,
-        status: UsageStatus::Completed,
-        started_at_ms: 0,
-        ended_at_ms: 0,
-        estimated: false,
-        unbacked: false,
+        ..tollgate_ledger::testkit::usage(rid, tokens, 0)
     }
 }
 

@@ -279,17 +279,14 @@ impl admin_server::Admin for AdminService {
             serde_json::from_slice(&req.get_ref().query_json).map_err(|e| bad_json("query", &e))?;
         let value = if matches!(query, AdminQuery::StateDigest) {
             // hashing encodes the whole state: do it on a clone, outside the state lock
-            let (state, applied) = self
-                .ctx
-                .sm
-                .read(|d| (d.state.clone(), d.last_applied.map(|l| l.index)));
-            tokio::task::spawn_blocking(move || queries::run(&state, applied, &query))
+            let sm = self.ctx.sm.clone();
+            let (state, applied) = sm.read(|d| (d.state.clone(), d.last_applied.map(|l| l.index)));
+            tokio::task::spawn_blocking(move || queries::run(&state, applied, &query, &sm))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??
         } else {
-            self.ctx
-                .sm
-                .read(|d| queries::run(&d.state, d.last_applied.map(|l| l.index), &query))?
+            let sm = &self.ctx.sm;
+            sm.read(|d| queries::run(&d.state, d.last_applied.map(|l| l.index), &query, sm))?
         };
         Ok(Response::new(ReadResponse {
             result_json: json_response(&value)?,

@@ -2,6 +2,7 @@
 //! secrets (key and token digests, the cluster secret) are never returned.
 
 use super::errors::api_status;
+use crate::storage::SmHandle;
 use serde_json::{Value, json};
 use tollgate_ledger::State;
 use tollgate_ledger::audit::verify_chain;
@@ -24,7 +25,13 @@ fn org_match(filter: &Option<OrgId>, org: &OrgId) -> bool {
     filter.as_ref().is_none_or(|f| f == org)
 }
 
-pub fn run(state: &State, applied_index: Option<u64>, q: &AdminQuery) -> Result<Value, Status> {
+/// `ledger` reads the archived ledger entries (all of them up to `state.ledger.len()`).
+pub fn run(
+    state: &State,
+    applied_index: Option<u64>,
+    q: &AdminQuery,
+    ledger: &SmHandle,
+) -> Result<Value, Status> {
     Ok(match q {
         AdminQuery::ListOrgs => to_json(state.orgs.values().collect::<Vec<_>>()),
         AdminQuery::ListProjects { org } => to_json(
@@ -74,13 +81,11 @@ pub fn run(state: &State, applied_index: Option<u64>, q: &AdminQuery) -> Result<
         },
         AdminQuery::DiffConfig(doc) => to_json(state.diff_config(doc).map_err(api_status)?),
         AdminQuery::UsageExport { since_seq, limit } => {
-            let start = usize::try_from(*since_seq)
-                .unwrap_or(usize::MAX)
-                .min(state.ledger.len());
-            let end = start
-                .saturating_add((*limit).min(READ_PAGE_MAX) as usize)
-                .min(state.ledger.len());
-            to_json((start..end).map(|i| &state.ledger[i]).collect::<Vec<_>>())
+            let n = (*limit).min(READ_PAGE_MAX) as usize;
+            let page = ledger
+                .ledger_page(*since_seq, n, state.ledger.len())
+                .map_err(|e| Status::internal(format!("reading the ledger archive: {e}")))?;
+            to_json(page)
         }
         AdminQuery::StateDigest => json!({
             "applied_index": applied_index,

@@ -2,6 +2,7 @@
 
 use crate::codec::{decode, encode};
 use crate::network::PeerToken;
+use crate::storage::SnapData;
 use crate::types::{Raft, Snapshot, SnapshotMeta, Vote};
 use futures::StreamExt;
 use tollgate_proto::raft::{RaftPayload, SnapshotFrame, raft_server, snapshot_frame::Frame};
@@ -102,7 +103,7 @@ impl raft_server::Raft for RaftService {
                     vote,
                     Snapshot {
                         meta,
-                        snapshot: data,
+                        snapshot: SnapData::Received(data),
                     },
                 )
                 .await,

@@ -1,8 +1,12 @@
 //! The state machine store: the pure `tollgate_ledger::State` in memory, made durable by the
-//! Raft log plus snapshots. On restart openraft reinstalls the current snapshot and re-applies
-//! the log up to the saved commit index, so the state comes back exactly.
+//! Raft log plus snapshots, and the usage ledger's entries in the archive (`ledger_archive.rs`),
+//! moved there after every apply. On restart openraft reinstalls the current snapshot (the
+//! archive is cut back to the snapshot's ledger) and re-applies the log up to the saved commit
+//! index, so the state and the archive come back exactly.
 
-use super::durable::LogMeter;
+use super::durable::{Durable, LogMeter};
+use super::ledger_archive::LedgerArchive;
+use super::snap_data::{SnapData, unpack};
 use super::snapshot_file::SnapshotFile;
 use crate::codec::decode;
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -14,6 +18,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
+use tollgate_ledger::usage::LedgerEntry;
 use tollgate_ledger::{Outcome, State};
 
 /// Everything a snapshot holds.
@@ -29,6 +34,7 @@ pub struct SmData {
 pub struct SmHandle {
     data: Arc<RwLock<SmData>>,
     config_version: watch::Sender<u64>,
+    archive: LedgerArchive,
 }
 
 impl SmHandle {
@@ -41,6 +47,12 @@ impl SmHandle {
         f(&guard)
     }
 
+    /// Up to `limit` ledger entries after `since`, as of the state `upto` (its `ledger.len()`):
+    /// every entry up to there is in the archive, since apply moves them under the write lock.
+    pub fn ledger_page(&self, since: u64, limit: usize, upto: u64) -> io::Result<Vec<LedgerEntry>> {
+        self.archive.read(since, limit, upto)
+    }
+
     /// Notified with the config version after every apply that changed it.
     pub fn subscribe_config(&self) -> watch::Receiver<u64> {
         self.config_version.subscribe()
@@ -49,8 +61,9 @@ impl SmHandle {
 
 /// The log may grow by `1 / SNAPSHOT_LOG_SHARE` of the last snapshot's size before openraft's
 /// policy (every `snapshot_logs` entries) may build the next one. A snapshot encodes the whole
-/// state, usage ledger included; with a fixed entry count its cost per entry would grow with the
-/// ledger, so under sustained ingestion snapshots came to take most of the CPU. Tied to the log's
+/// state (the ledger's entries are in the archive, but the dedup index is here); with a fixed
+/// entry count its cost per entry would grow with the state, so under sustained ingestion
+/// snapshots came to take most of the CPU. Tied to the log's
 /// growth, a snapshot (the last one's size plus what the state grew, which is at most about what
 /// was logged) costs about `SNAPSHOT_LOG_SHARE + 1` encoded bytes per byte logged, however large
 /// the state; and the log between snapshots stays near half the state's encoded size.
@@ -65,23 +78,30 @@ pub fn snapshot_worth_it(log_bytes_since: u64, last_snapshot_bytes: u64) -> bool
 #[derive(Clone)]
 pub struct StateMachineStore {
     handle: SmHandle,
+    durable: Durable,
+    archive: LedgerArchive,
     snapshots: SnapshotFile,
     /// The log written since the last snapshot, for the snapshot policy.
     log: LogMeter,
 }
 
 impl StateMachineStore {
-    /// `log` measures the Raft log's growth (`Durable::log_meter`) for the snapshot policy.
-    pub fn open(data_dir: &Path, log: LogMeter) -> io::Result<StateMachineStore> {
+    /// The archive lives in `durable`'s database; its log meter (the Raft log's size) drives
+    /// the snapshot policy.
+    pub fn open(data_dir: &Path, durable: &Durable) -> io::Result<StateMachineStore> {
         let (tx, _) = watch::channel(0);
+        let archive = LedgerArchive::open(durable)?;
         let handle = SmHandle {
             data: Arc::new(RwLock::new(SmData::default())),
             config_version: tx,
+            archive: archive.clone(),
         };
         Ok(StateMachineStore {
             handle,
+            durable: durable.clone(),
+            archive,
             snapshots: SnapshotFile::new(data_dir)?,
-            log,
+            log: durable.log_meter(),
         })
     }
 
@@ -89,7 +109,18 @@ impl StateMachineStore {
         self.handle.clone()
     }
 
-    fn apply_entry(data: &mut SmData, entry: Entry) -> io::Result<Outcome> {
+    /// Applies one entry and moves the ledger entries it appended into the archive, under the
+    /// same write lock, so a reader sees every entry up to `ledger.len()` there.
+    fn apply_entry(&self, data: &mut SmData, entry: Entry) -> io::Result<Outcome> {
+        let outcome = Self::apply_to_state(data, entry)?;
+        let fresh = data.state.ledger.take_recent();
+        if !fresh.is_empty() {
+            self.archive.append(&fresh)?;
+        }
+        Ok(outcome)
+    }
+
+    fn apply_to_state(data: &mut SmData, entry: Entry) -> io::Result<Outcome> {
         data.last_applied = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Blank => Ok(Outcome::None),
@@ -106,22 +137,32 @@ impl StateMachineStore {
     /// Encodes `data` straight into the snapshot file. The returned snapshot carries no bytes:
     /// openraft 0.10 uses only the meta of a snapshot it had built (`BuildSnapshotDone(meta)`)
     /// and reads the data through `get_current_snapshot` when a follower needs it.
+    /// The archive is synced first: the snapshot refers to its entries `1..=ledger.len()`, and
+    /// once the snapshot is durable openraft purges the log they were applied from (DU-2).
     fn snapshot_from(&self, data: &SmData) -> io::Result<Snapshot> {
         let meta = SnapshotMeta {
             last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
+        self.durable.sync_blocking()?;
+        let archived = self.archive.last_seq()?;
+        if archived < data.state.ledger.len() {
+            return Err(io::Error::other(format!(
+                "DU-2: the ledger archive holds {archived} entries, the state {}",
+                data.state.ledger.len()
+            )));
+        }
         // false when a newer snapshot was installed meanwhile; that one stays current
         self.snapshots.write_state(&meta, data)?;
         Ok(Snapshot {
             meta,
-            snapshot: Vec::new(),
+            snapshot: SnapData::Received(Vec::new()),
         })
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapData;
 
     /// Encodes a consistent copy under the read lock, then writes the file outside it.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
@@ -134,7 +175,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapData;
     type SnapshotBuilder = StateMachineStore;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -153,7 +194,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .data
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let outcome = Self::apply_entry(&mut data, entry)?;
+                let outcome = self.apply_entry(&mut data, entry)?;
                 version = Some(data.state.config_version);
                 outcome
             };
@@ -182,18 +223,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Vec<u8>,
+        snapshot: SnapData,
     ) -> Result<(), io::Error> {
         // decode and persist on the blocking pool: a snapshot can be large
-        let files = self.snapshots.clone();
+        let this = self.clone();
         let meta_copy = meta.clone();
-        let mut new_data: SmData = tokio::task::spawn_blocking(move || -> io::Result<SmData> {
-            let data = decode(&snapshot)?;
-            files.write(&meta_copy, &snapshot)?;
-            Ok(data)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let mut new_data = tokio::task::spawn_blocking(move || this.install(&meta_copy, snapshot))
+            .await
+            .map_err(io::Error::other)??;
         new_data.last_applied = meta.last_log_id;
         new_data.membership = meta.last_membership.clone();
         let version = new_data.state.config_version;
@@ -207,10 +244,53 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self
-            .snapshots
-            .read()?
-            .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+        Ok(self.snapshots.read()?.map(|(meta, state)| Snapshot {
+            meta,
+            snapshot: SnapData::Local {
+                state,
+                archive: self.archive.clone(),
+            },
+        }))
+    }
+}
+
+impl StateMachineStore {
+    /// Installs a snapshot: this node's own (at restart: the archive is cut back to the
+    /// snapshot's ledger and must hold all of it) or one from the leader (checked whole, then
+    /// the archive is replaced and synced before the snapshot file is, DU-2).
+    fn install(&self, meta: &SnapshotMeta, snapshot: SnapData) -> io::Result<SmData> {
+        let bytes = match snapshot {
+            SnapData::Local { state, .. } if self.snapshots.current() == meta.last_log_id => {
+                return self.reopen(decode(&state)?);
+            }
+            // another store's snapshot handed over in process (openraft's storage suite)
+            local @ SnapData::Local { .. } => local.into_transfer()?,
+            SnapData::Received(bytes) => bytes,
+        };
+        let sent = unpack(&bytes)?;
+        self.archive.clear()?;
+        for (first, chunk) in &sent.chunks {
+            self.archive.put_raw(*first, chunk)?;
+        }
+        self.durable.sync_blocking()?;
+        self.snapshots.write(meta, sent.state_bytes)?;
+        Ok(sent.data)
+    }
+
+    fn reopen(&self, data: SmData) -> io::Result<SmData> {
+        let len = data.state.ledger.len();
+        self.archive.truncate(len)?;
+        let archived = self.archive.last_seq()?;
+        if archived != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "DU-2: the snapshot's ledger has {len} entries but the archive holds \
+                     {archived}: the data dir is damaged; resync this node (docs/runbook.md)"
+                ),
+            ));
+        }
+        Ok(data)
     }
 }
 

@@ -3,12 +3,14 @@
 //! Writers are serialized, and a snapshot never replaces a newer one: openraft may build a
 //! snapshot while a newer one from the leader is being installed.
 //!
-//! Layout (v2): `[2][meta length u32 LE][meta: codec record][data: codec record, to the end]`.
-//! Both parts carry their own checksum. The data part is exactly the bytes a snapshot is sent to
-//! followers as, and a built snapshot is encoded straight into the file (no copy in memory).
-//! Files of the first layout (v1: one codec record of `(meta, data)`) are still read.
+//! Layout (v3): `[3][meta length u32 LE][meta: codec record][data: codec record, to the end]`.
+//! Both parts carry their own checksum. The data part is the state (`SmData`), encoded straight
+//! into the file (no copy in memory); the ledger's entries live in the archive
+//! (`ledger_archive.rs`) and join the data only when a snapshot is sent (`snap_data.rs`).
+//! Layouts 1 and 2 held the state from before the ledger archive, whole ledger included; they
+//! are refused with an error that says so (pre-release: no upgrade path, see the runbook).
 
-use crate::codec::{FORMAT_V1, decode, encode, encode_to_file, verify};
+use crate::codec::{decode, encode, encode_to_file, verify};
 use crate::types::{LogId, SnapshotMeta};
 use serde::Serialize;
 use std::fs::{self, File};
@@ -16,12 +18,12 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-const FILE_V2: u8 = 2;
+const FILE_V3: u8 = 3;
 /// A snapshot being written is synced every this many bytes, so its writeback never piles up
 /// into one burst that the Raft log's `fdatasync` has to wait behind (seconds for a large
 /// ledger, long enough for replication and heartbeat RPCs to time out).
 const SYNC_EVERY_BYTES: u64 = 8 << 20;
-const V2_HEADER: usize = 5;
+const HEADER: usize = 5;
 
 #[derive(Clone)]
 pub struct SnapshotFile {
@@ -47,6 +49,11 @@ impl SnapshotFile {
 
     fn path(&self) -> PathBuf {
         self.dir.join("current")
+    }
+
+    /// `last_log_id` of the current snapshot (`None` when there is none).
+    pub fn current(&self) -> Option<LogId> {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Size of the current file in bytes (0 when there is none).
@@ -78,7 +85,7 @@ impl SnapshotFile {
         let meta_len = u32::try_from(meta_bytes.len()).map_err(io::Error::other)?;
         let tmp = self.dir.join("current.tmp");
         let mut f = File::create(&tmp)?;
-        f.write_all(&[FILE_V2])?;
+        f.write_all(&[FILE_V3])?;
         f.write_all(&meta_len.to_le_bytes())?;
         f.write_all(&meta_bytes)?;
         let mut w = SyncingFile { file: f, since: 0 };
@@ -98,11 +105,9 @@ impl SnapshotFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut head = [0u8; V2_HEADER];
+        let mut head = [0u8; HEADER];
         f.read_exact(&mut head)?;
-        if head[0] != FILE_V2 {
-            return self.read().map(|s| s.map(|(meta, _)| meta));
-        }
+        check_layout(head[0])?;
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let mut meta = vec![0u8; len];
         f.read_exact(&mut meta)?;
@@ -116,18 +121,14 @@ impl SnapshotFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        match bytes.first() {
-            Some(&FILE_V2) => {}
-            Some(&FORMAT_V1) => return decode(&bytes).map(Some),
-            _ => return Err(corrupt("unknown snapshot file format")),
-        }
+        check_layout(bytes.first().copied().unwrap_or(0))?;
         let len = bytes
-            .get(1..V2_HEADER)
+            .get(1..HEADER)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
             .ok_or_else(|| corrupt("snapshot file shorter than its header"))?;
-        let data_at = V2_HEADER + len;
+        let data_at = HEADER + len;
         let meta = bytes
-            .get(V2_HEADER..data_at)
+            .get(HEADER..data_at)
             .ok_or_else(|| corrupt("snapshot file shorter than its meta"))
             .and_then(decode)?;
         bytes.drain(..data_at);
@@ -163,6 +164,18 @@ impl Write for SyncingFile {
 impl Seek for SyncingFile {
     fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
         self.file.seek(pos)
+    }
+}
+
+fn check_layout(first: u8) -> io::Result<()> {
+    match first {
+        FILE_V3 => Ok(()),
+        1 | 2 => Err(corrupt(&format!(
+            "snapshot file layout {first} was written by a Tollgate version from before the \
+             ledger archive and cannot be read by this one; resync this node (remove it, wipe its \
+             data dir, add it back: docs/runbook.md)"
+        ))),
+        _ => Err(corrupt("unknown snapshot file layout")),
     }
 }
 
@@ -207,24 +220,28 @@ mod tests {
     }
 
     #[test]
-    fn first_layout_files_are_still_read_and_corruption_is_an_error() {
+    fn older_layouts_are_refused_and_corruption_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = SnapshotFile::new(dir.path()).expect("open");
         let data = encode(&"state").expect("encode");
         fs::write(files.path(), encode(&(meta(3), &data)).expect("v1")).expect("write");
-        let (m, back) = files.read().expect("read").expect("a snapshot");
-        assert_eq!((m, back), (meta(3), data));
-        assert_eq!(
-            SnapshotFile::new(dir.path())
-                .expect("reopen")
-                .read_meta()
-                .expect("meta"),
-            Some(meta(3))
+        let err = files.read().expect_err("layout 1 refused");
+        assert!(
+            err.to_string().contains("before the ledger archive"),
+            "{err}"
         );
+        assert!(
+            SnapshotFile::new(dir.path()).is_err(),
+            "refused at open too"
+        );
+        let mut v2 = fs::read(files.path()).expect("read");
+        v2[0] = 2;
+        fs::write(files.path(), &v2).expect("write");
+        assert!(files.read().is_err());
 
         files.write_state(&meta(4), &"state").expect("write");
         let mut bytes = fs::read(files.path()).expect("read");
-        bytes[V2_HEADER + 2] ^= 0xff;
+        bytes[HEADER + 2] ^= 0xff;
         fs::write(files.path(), &bytes).expect("corrupt");
         assert!(files.read().is_err());
         // a flipped byte in the data part is caught on read, not only at install
