@@ -7,14 +7,14 @@ use crate::dedup::Dedup;
 use crate::lease::{Bucket, BucketId, Leases};
 use crate::ledger::{Ledger, record_digest};
 use crate::outcome::Outcome;
-use crate::usage::{UsageIndex, body_of};
+use crate::usage::{IdKey, UsageIndex, body_of};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, ModelDef, Org, Project};
 use tollgate_types::error::{ApiError, ErrorCode};
 use tollgate_types::limits::{Limit, LimitKey};
 use tollgate_types::secret::{ClusterSecret, Role};
-use tollgate_types::{KeyId, ModelName, OrgId, ProjectId, RequestId};
+use tollgate_types::{KeyId, ModelName, OrgId, ProjectId};
 
 /// A broken invariant: a bug. The store stops applying rather than replicate a wrong state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,10 +67,9 @@ pub struct State {
     /// its archive (`ledger.rs`). Persistent (structurally shared) collections below: a
     /// snapshot clones them in O(1) instead of copying every id under the state lock.
     pub ledger: Ledger,
-    pub usage_index: imbl::OrdMap<RequestId, UsageIndex>,
-    /// The ids of `usage_index` that carry a time (UUIDv7), by that time: pruned past the
-    /// retention (`usage::USAGE_DEDUP_RETENTION_MS`), which bounds the index.
-    pub usage_by_time: imbl::OrdSet<(u64, RequestId)>,
+    /// The dedup index, keyed by `IdKey` (UUIDv7 ids as 128 bits, in time order): pruned past
+    /// the retention (`usage::USAGE_DEDUP_RETENTION_MS`), which bounds it.
+    pub usage_index: imbl::OrdMap<IdKey, UsageIndex>,
     pub audit: imbl::Vector<AuditRecord>,
     pub dedup: Dedup,
 }
@@ -300,7 +299,7 @@ impl State {
             seq: entry.seq,
             body: body_of(&record_digest(&entry.record)),
         };
-        if self.usage_index.get(&entry.record.request_id) != Some(&expected) {
+        if self.usage_index.get(&IdKey::of(&entry.record.request_id)) != Some(&expected) {
             return Err(InvariantViolation::Lg1(entry.record.request_id.to_string()));
         }
         Ok(())

@@ -6,6 +6,7 @@ use crate::ledger::{RecordDigest, record_digest};
 use crate::outcome::{Outcome, UsageAck};
 use crate::state::{State, Touched};
 use serde::{Deserialize, Serialize};
+use tollgate_types::RequestId;
 use tollgate_types::error::ApiError;
 use tollgate_types::limits::{Dimension, Limit};
 use tollgate_types::usage::UsageRecord;
@@ -23,13 +24,58 @@ pub const USAGE_DEDUP_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 /// The time (ms since the Unix epoch) inside a UUIDv7 request id — every id a gateway assigns —
 /// and `None` for any other id (those are remembered forever and never late).
 pub fn id_time_ms(id: &str) -> Option<u64> {
-    let b = id.as_bytes();
-    let dashes = [8, 13, 18, 23].iter().all(|&i| b.get(i) == Some(&b'-'));
-    if b.len() != 36 || !dashes || b[14] != b'7' {
-        return None;
+    IdKey::parse_v7(id).map(v7_time_ms)
+}
+
+fn v7_time_ms(bits: u128) -> u64 {
+    (bits >> 80) as u64
+}
+
+/// A request id as the dedup index keys it: a UUIDv7 in the canonical lowercase form gateways
+/// mint as its 128 bits — no allocation, and the first 48 bits are its time, so the index's
+/// order is time order and pruning walks it from the front — and any other id as itself.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IdKey {
+    V7(u128),
+    Other(RequestId),
+}
+
+impl IdKey {
+    pub fn of(id: &RequestId) -> IdKey {
+        match IdKey::parse_v7(id.as_str()) {
+            Some(bits) => IdKey::V7(bits),
+            None => IdKey::Other(id.clone()),
+        }
     }
-    let hex = [&id[0..8], &id[9..13]].concat();
-    u64::from_str_radix(&hex, 16).ok()
+
+    /// The 128 bits of `xxxxxxxx-xxxx-7xxx-xxxx-xxxxxxxxxxxx` in lowercase hex; `None` for any
+    /// other text (so the mapping is one-to-one: no two ids share a key).
+    fn parse_v7(id: &str) -> Option<u128> {
+        let b = id.as_bytes();
+        if b.len() != 36 || b[14] != b'7' {
+            return None;
+        }
+        let mut bits = 0u128;
+        for (i, &c) in b.iter().enumerate() {
+            let digit = match (i, c) {
+                (8 | 13 | 18 | 23, b'-') => continue,
+                (8 | 13 | 18 | 23, _) => return None,
+                (_, b'0'..=b'9') => c - b'0',
+                (_, b'a'..=b'f') => c - b'a' + 10,
+                _ => return None,
+            };
+            bits = (bits << 4) | u128::from(digit);
+        }
+        Some(bits)
+    }
+
+    /// The time inside a UUIDv7 key.
+    pub fn time_ms(&self) -> Option<u64> {
+        match self {
+            IdKey::V7(bits) => Some(v7_time_ms(*bits)),
+            IdKey::Other(_) => None,
+        }
+    }
 }
 
 /// A ledger entry: the record, its sequence number and the store time it was applied at.
@@ -96,7 +142,8 @@ impl State {
         self.prune_usage_index();
         let digest = record_digest(r);
         let body = body_of(&digest);
-        match self.usage_index.get(&r.request_id) {
+        let key = IdKey::of(&r.request_id);
+        match self.usage_index.get(&key) {
             Some(UsageIndex::InLedger { seq, body: known }) => {
                 return if *known == body {
                     UsageAck::Duplicate { seq: *seq }
@@ -111,17 +158,13 @@ impl State {
             }
             None => {}
         }
-        let t = id_time_ms(r.request_id.as_str());
         let closed_before_ms = self.clock_ms.saturating_sub(USAGE_DEDUP_RETENTION_MS);
-        if t.is_some_and(|t| t < closed_before_ms) {
+        if key.time_ms().is_some_and(|t| t < closed_before_ms) {
             return UsageAck::Late { closed_before_ms };
-        }
-        if let Some(t) = t {
-            self.usage_by_time.insert((t, r.request_id.clone()));
         }
         if let Err(reason) = self.check_record(r) {
             self.usage_index.insert(
-                r.request_id.clone(),
+                key,
                 UsageIndex::Failed {
                     reason: reason.clone(),
                 },
@@ -130,21 +173,23 @@ impl State {
         }
         let seq = self.ledger.push(self.clock_ms, r.clone(), &digest);
         self.usage_index
-            .insert(r.request_id.clone(), UsageIndex::InLedger { seq, body });
+            .insert(key, UsageIndex::InLedger { seq, body });
         self.settle_record(r, holder, touched);
         UsageAck::Accepted { seq }
     }
 
     /// Drops the ids whose time is past the retention: any record with one is refused as late,
-    /// so forgetting them cannot let a duplicate in.
+    /// so forgetting them cannot let a duplicate in. Time-bearing keys sort first, oldest first.
     fn prune_usage_index(&mut self) {
         let closed_before = self.clock_ms.saturating_sub(USAGE_DEDUP_RETENTION_MS);
-        while let Some((t, id)) = self.usage_by_time.get_min().cloned() {
-            if t >= closed_before {
-                break;
-            }
-            self.usage_by_time.remove(&(t, id.clone()));
-            self.usage_index.remove(&id);
+        while let Some(key) = self
+            .usage_index
+            .get_min()
+            .map(|(k, _)| k)
+            .filter(|k| k.time_ms().is_some_and(|t| t < closed_before))
+            .cloned()
+        {
+            self.usage_index.remove(&key);
         }
     }
 
@@ -199,4 +244,38 @@ pub(crate) fn check_batch(records: &[UsageRecord]) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(s: &str) -> RequestId {
+        RequestId::try_from(s.to_owned()).expect("valid id")
+    }
+
+    #[test]
+    fn gateway_ids_key_as_their_bits_in_time_order_and_nothing_else_does() {
+        let early = rid("0192f3a1-0000-7abc-8def-0123456789ab");
+        let late = rid("0192f3a2-0000-7000-8000-000000000000");
+        let (k1, k2) = (IdKey::of(&early), IdKey::of(&late));
+        assert_eq!(k1, IdKey::V7(0x0192_f3a1_0000_7abc_8def_0123_4567_89ab));
+        assert_eq!(k1.time_ms(), Some(0x0192_f3a1_0000));
+        assert_eq!(id_time_ms(early.as_str()), Some(0x0192_f3a1_0000));
+        assert!(k1 < k2, "ordered by the time inside");
+        assert!(k2 < IdKey::of(&rid("a")), "time-bearing keys come first");
+        // one-to-one: any other spelling stays itself (and carries no time)
+        for other in [
+            "0192F3A1-0000-7ABC-8DEF-0123456789AB",
+            "0192f3a1-0000-4abc-8def-0123456789ab",
+            "0192f3a1-0000-7abc-8def-0123456789a",
+            "0192f3a1x0000-7abc-8def-0123456789ab",
+            "0192f3a1-0000-7abc-8def-0123456789ag",
+            "r1",
+        ] {
+            let id = rid(other);
+            assert_eq!(IdKey::of(&id), IdKey::Other(id.clone()), "{other}");
+            assert_eq!(id_time_ms(other), None, "{other}");
+        }
+    }
 }

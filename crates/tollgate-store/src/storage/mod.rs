@@ -2,6 +2,7 @@
 //! machine with its snapshots (`StateMachineStore`). Nothing is reported durable to openraft
 //! before `Durable::sync` (sled flush + fdatasync of sled's data file) returned.
 
+mod archive_segment;
 mod durable;
 mod ledger_archive;
 mod log_store;

@@ -78,7 +78,6 @@ pub fn snapshot_worth_it(log_bytes_since: u64, last_snapshot_bytes: u64) -> bool
 #[derive(Clone)]
 pub struct StateMachineStore {
     handle: SmHandle,
-    durable: Durable,
     archive: LedgerArchive,
     snapshots: SnapshotFile,
     /// The log written since the last snapshot, for the snapshot policy.
@@ -86,11 +85,11 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// The archive lives in `durable`'s database; its log meter (the Raft log's size) drives
+    /// The archive lives under `data_dir`; `durable`'s log meter (the Raft log's size) drives
     /// the snapshot policy.
     pub fn open(data_dir: &Path, durable: &Durable) -> io::Result<StateMachineStore> {
         let (tx, _) = watch::channel(0);
-        let archive = LedgerArchive::open(durable)?;
+        let archive = LedgerArchive::open(data_dir)?;
         let handle = SmHandle {
             data: Arc::new(RwLock::new(SmData::default())),
             config_version: tx,
@@ -98,7 +97,6 @@ impl StateMachineStore {
         };
         Ok(StateMachineStore {
             handle,
-            durable: durable.clone(),
             archive,
             snapshots: SnapshotFile::new(data_dir)?,
             log: durable.log_meter(),
@@ -144,8 +142,8 @@ impl StateMachineStore {
             last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
-        self.durable.sync_blocking()?;
-        let archived = self.archive.last_seq()?;
+        self.archive.sync()?;
+        let archived = self.archive.last_seq();
         if archived < data.state.ledger.len() {
             return Err(io::Error::other(format!(
                 "DU-2: the ledger archive holds {archived} entries, the state {}",
@@ -269,10 +267,10 @@ impl StateMachineStore {
         };
         let sent = unpack(&bytes)?;
         self.archive.clear()?;
-        for (first, chunk) in &sent.chunks {
-            self.archive.put_raw(*first, chunk)?;
+        for (first, count, record) in &sent.frames {
+            self.archive.put_raw(*first, *count, record)?;
         }
-        self.durable.sync_blocking()?;
+        self.archive.sync()?;
         self.snapshots.write(meta, sent.state_bytes)?;
         Ok(sent.data)
     }
@@ -280,7 +278,7 @@ impl StateMachineStore {
     fn reopen(&self, data: SmData) -> io::Result<SmData> {
         let len = data.state.ledger.len();
         self.archive.truncate(len)?;
-        let archived = self.archive.last_seq()?;
+        let archived = self.archive.last_seq();
         if archived != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

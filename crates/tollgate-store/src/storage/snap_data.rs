@@ -3,9 +3,10 @@
 //! received from the leader is the transfer bytes.
 //!
 //! Transfer layout: `[state length u64 LE][state: codec record of SmData]` followed by the
-//! ledger's entries `1..=state.ledger.len()` as `[chunk length u32 LE][chunk: codec record of
-//! Vec<LedgerEntry>]`, each chunk exactly as the archive stores it. The receiver checks that the
-//! chunks are consecutive and chain to the state's ledger head before it changes anything.
+//! ledger's entries `1..=state.ledger.len()` as `[record length u32 LE][codec record of
+//! Vec<LedgerEntry>]`, each record exactly as an archive frame stores it. The receiver checks
+//! that the entries are consecutive and chain to the state's ledger head before it changes
+//! anything.
 
 use super::ledger_archive::LedgerArchive;
 use super::sm_store::SmData;
@@ -49,21 +50,21 @@ impl SnapData {
         let mut out = Vec::with_capacity(8 + state.len());
         out.extend_from_slice(&(state.len() as u64).to_le_bytes());
         out.extend_from_slice(&state);
-        for chunk in archive.raw_chunks(data.state.ledger.len())? {
-            let len = u32::try_from(chunk.len()).map_err(io::Error::other)?;
+        for (_, _, record) in archive.raw_frames(data.state.ledger.len())? {
+            let len = u32::try_from(record.len()).map_err(io::Error::other)?;
             out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&chunk);
+            out.extend_from_slice(&record);
         }
         Ok(out)
     }
 }
 
-/// A received snapshot taken apart and checked: the state record and the ledger's chunks.
+/// A received snapshot taken apart and checked: the state record and the ledger's records.
 pub struct Unpacked<'a> {
     pub state_bytes: &'a [u8],
     pub data: SmData,
-    /// `(first seq, chunk bytes)` in order, chaining to `data.state.ledger`'s head.
-    pub chunks: Vec<(u64, &'a [u8])>,
+    /// `(first seq, count, record)` in order, chaining to `data.state.ledger`'s head.
+    pub frames: Vec<(u64, u64, &'a [u8])>,
 }
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize, what: &str) -> io::Result<&'a [u8]> {
@@ -86,7 +87,7 @@ pub fn unpack(mut bytes: &[u8]) -> io::Result<Unpacked<'_>> {
     let state_bytes = take(&mut bytes, state_len, "state")?;
     let data: SmData = decode(state_bytes)?;
     let (mut len, mut head) = (0, [0u8; 32]);
-    let mut chunks = Vec::new();
+    let mut frames = Vec::new();
     while !bytes.is_empty() {
         let n = take(&mut bytes, 4, "chunk length")?;
         let n = u32::from_le_bytes(n.try_into().map_err(io::Error::other)?) as usize;
@@ -94,7 +95,7 @@ pub fn unpack(mut bytes: &[u8]) -> io::Result<Unpacked<'_>> {
         let entries: Vec<LedgerEntry> = decode(chunk)?;
         (len, head) = chain_over(len, head, &entries).map_err(|e| invalid(e.to_string()))?;
         if let Some(first) = entries.first() {
-            chunks.push((first.seq, chunk));
+            frames.push((first.seq, entries.len() as u64, chunk));
         }
     }
     let ledger = &data.state.ledger;
@@ -108,6 +109,6 @@ pub fn unpack(mut bytes: &[u8]) -> io::Result<Unpacked<'_>> {
     Ok(Unpacked {
         state_bytes,
         data,
-        chunks,
+        frames,
     })
 }
