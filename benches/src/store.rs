@@ -60,11 +60,13 @@ impl ParseId for str {
     }
 }
 
-fn records(key: &str, run: &str, c: usize, seq: u64, batch: usize) -> anyhow::Result<Vec<u8>> {
+/// `batch` records with fresh UUIDv7 request ids, as gateways mint them (the store's dedup index
+/// keys those by their 128 bits and prunes them by the time inside).
+fn records(key: &str, batch: usize) -> anyhow::Result<Vec<u8>> {
     let recs: anyhow::Result<Vec<UsageRecord>> = (0..batch)
-        .map(|i| {
+        .map(|_| {
             Ok(UsageRecord {
-                request_id: format!("{run}-{c}-{seq}-{i}").as_str().parse_id()?,
+                request_id: uuid::Uuid::now_v7().to_string().as_str().parse_id()?,
                 org: "bench".parse_id()?,
                 project: "load".parse_id()?,
                 key: key.parse_id()?,
@@ -161,11 +163,10 @@ pub async fn run(
         .to_owned();
     let chans = channels(&addr, load.conns)?;
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
-    let run = uuid::Uuid::new_v4().simple().to_string();
     let (batch, acquire) = (load.batch, load.acquire);
     Ok(drive(load.clients, duration, move |c, seq| {
         let mut q = QuotaClient::new(chans[c % chans.len()].clone());
-        let body = records(&key, &run, c, seq, batch);
+        let body = records(&key, batch);
         let auth = auth.clone();
         let keys = keys.clone();
         let request_id = format!("b-{c}-{seq}-{}", uuid::Uuid::new_v4().simple());

@@ -162,3 +162,21 @@ async fn the_ledger_lives_in_the_archive_through_snapshots_and_restarts() {
     assert!(!err.to_string().is_empty());
     assert_eq!(ledger(&b.handle()), full, "the archive is untouched");
 }
+
+/// Before the first snapshot a restart re-applies the whole log: the archive starts over with it
+/// instead of refusing entries it already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_before_any_snapshot_rebuilds_the_archive_from_the_log() {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = entries(commands(3), 1);
+    let mut a = open(dir.path());
+    apply(&mut a, log.clone()).await;
+    let written = ledger(&a.handle());
+    assert_eq!(written.len(), 300);
+    drop(a);
+    let mut a = open(dir.path());
+    assert!(a.get_current_snapshot().await.expect("read").is_none());
+    assert!(ledger(&a.handle()).is_empty(), "state and archive start empty");
+    apply(&mut a, log).await;
+    assert_eq!(ledger(&a.handle()), written);
+}

@@ -16,7 +16,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::watch;
 use tollgate_ledger::usage::LedgerEntry;
 use tollgate_ledger::{Outcome, State};
@@ -79,6 +79,9 @@ pub fn snapshot_worth_it(log_bytes_since: u64, last_snapshot_bytes: u64) -> bool
 pub struct StateMachineStore {
     handle: SmHandle,
     archive: LedgerArchive,
+    /// Held while a snapshot is built or installed: an install replaces the archive, which a
+    /// build checks against the state it copied.
+    snapshot_lock: Arc<Mutex<()>>,
     snapshots: SnapshotFile,
     /// The log written since the last snapshot, for the snapshot policy.
     log: LogMeter,
@@ -90,6 +93,12 @@ impl StateMachineStore {
     pub fn open(data_dir: &Path, durable: &Durable) -> io::Result<StateMachineStore> {
         let (tx, _) = watch::channel(0);
         let archive = LedgerArchive::open(data_dir)?;
+        let snapshots = SnapshotFile::new(data_dir)?;
+        if snapshots.current().is_none() {
+            // no snapshot: the state starts empty and the log is re-applied from its first
+            // entry, so the archive starts empty too (DU-2)
+            archive.clear()?;
+        }
         let handle = SmHandle {
             data: Arc::new(RwLock::new(SmData::default())),
             config_version: tx,
@@ -98,7 +107,8 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             handle,
             archive,
-            snapshots: SnapshotFile::new(data_dir)?,
+            snapshot_lock: Arc::default(),
+            snapshots,
             log: durable.log_meter(),
         })
     }
@@ -142,6 +152,7 @@ impl StateMachineStore {
             last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
+        let _building = self.snapshot_lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.archive.sync()?;
         let archived = self.archive.last_seq();
         if archived < data.state.ledger.len() {
@@ -257,6 +268,7 @@ impl StateMachineStore {
     /// snapshot's ledger and must hold all of it) or one from the leader (checked whole, then
     /// the archive is replaced and synced before the snapshot file is, DU-2).
     fn install(&self, meta: &SnapshotMeta, snapshot: SnapData) -> io::Result<SmData> {
+        let _installing = self.snapshot_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let bytes = match snapshot {
             SnapData::Local { state, .. } if self.snapshots.current() == meta.last_log_id => {
                 return self.reopen(decode(&state)?);
