@@ -176,7 +176,10 @@ async fn a_restart_before_any_snapshot_rebuilds_the_archive_from_the_log() {
     drop(a);
     let mut a = open(dir.path());
     assert!(a.get_current_snapshot().await.expect("read").is_none());
-    assert!(ledger(&a.handle()).is_empty(), "state and archive start empty");
+    assert!(
+        ledger(&a.handle()).is_empty(),
+        "state and archive start empty"
+    );
     apply(&mut a, log).await;
     assert_eq!(ledger(&a.handle()), written);
 }

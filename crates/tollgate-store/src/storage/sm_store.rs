@@ -152,7 +152,10 @@ impl StateMachineStore {
             last_log_id: data.last_applied,
             last_membership: data.membership.clone(),
         };
-        let _building = self.snapshot_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _building = self
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.archive.sync()?;
         let archived = self.archive.last_seq();
         if archived < data.state.ledger.len() {
@@ -268,7 +271,10 @@ impl StateMachineStore {
     /// snapshot's ledger and must hold all of it) or one from the leader (checked whole, then
     /// the archive is replaced and synced before the snapshot file is, DU-2).
     fn install(&self, meta: &SnapshotMeta, snapshot: SnapData) -> io::Result<SmData> {
-        let _installing = self.snapshot_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _installing = self
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let bytes = match snapshot {
             SnapData::Local { state, .. } if self.snapshots.current() == meta.last_log_id => {
                 return self.reopen(decode(&state)?);
