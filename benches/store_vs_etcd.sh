@@ -71,6 +71,8 @@ for rep in $(seq 1 "$REPS"); do
     echo "rep $rep clients $c done" >&2
   done
 done
+# how many writes the leader's proposer carried per log entry (proposal batching)
+"$BIN" cluster status --output json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); w,e=s.get("writes_proposed",0),s.get("entries_proposed",0); print(f"leader proposed {w} writes in {e} log entries ({w/max(e,1):.1f} per entry)", file=sys.stderr)' || true
 cp "$RESULTS" "${RAW_OUT:-/tmp/store_vs_etcd.jsonl}"
 echo "raw results: ${RAW_OUT:-/tmp/store_vs_etcd.jsonl}" >&2
 python3 - "$RESULTS" <<'PY'

@@ -90,6 +90,11 @@ pub enum Command {
     RecordUsage {
         records: Vec<UsageRecord>,
     },
+    /// Requests that reached the leader together, proposed as one log entry (the store's
+    /// proposal batching). Each is admitted, deduplicated and applied on its own, in order,
+    /// exactly as if it had its own entry; the batch itself is a container (never deduplicated,
+    /// never nested).
+    Batch(Vec<Request>),
 }
 
 impl Command {
@@ -112,6 +117,7 @@ impl Command {
             Command::ApplyConfig(_) => "config.apply",
             Command::Acquire { .. } => "lease.acquire",
             Command::RecordUsage { .. } => "usage.record",
+            Command::Batch(_) => "batch",
         }
     }
 }

@@ -47,7 +47,10 @@ impl State {
             Command::CreateAdminToken(t) => self.create_token(t)?,
             Command::RevokeAdminToken { id } => self.revoke_token(id)?,
             Command::ApplyConfig(doc) => return self.apply_config(ctx, doc, touched),
-            Command::Bootstrap { .. } | Command::Acquire { .. } | Command::RecordUsage { .. } => {
+            Command::Bootstrap { .. }
+            | Command::Acquire { .. }
+            | Command::RecordUsage { .. }
+            | Command::Batch(_) => {
                 return Err(ApiError::new(
                     ErrorCode::Internal,
                     "not a configuration command",

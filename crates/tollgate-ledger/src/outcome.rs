@@ -31,6 +31,8 @@ pub enum Outcome {
         acks: Vec<UsageAck>,
     },
     Error(ApiError),
+    /// One outcome per request of a `Command::Batch`, in order.
+    Batch(Vec<Outcome>),
 }
 
 impl Outcome {

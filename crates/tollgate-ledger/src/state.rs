@@ -86,6 +86,9 @@ impl State {
     /// Applies one request. Expected refusals (bad input, no permission, not found) are
     /// `Ok(Outcome::Error)`; `Err` means an invariant broke and the replica must stop.
     pub fn apply(&mut self, req: &Request) -> Result<Outcome, InvariantViolation> {
+        if let Command::Batch(requests) = &req.command {
+            return self.apply_batch(requests);
+        }
         let now = self.clock_ms.max(req.ts_ms);
         if now < self.clock_ms {
             return Err(InvariantViolation::Sm1 {
@@ -121,6 +124,21 @@ impl State {
             self.dedup.insert(&req.id, now, outcome.clone());
         }
         Ok(outcome)
+    }
+
+    /// Each request of a batch on its own, in order; a nested batch is refused.
+    fn apply_batch(&mut self, requests: &[Request]) -> Result<Outcome, InvariantViolation> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for req in requests {
+            outcomes.push(match req.command {
+                Command::Batch(_) => Outcome::Error(ApiError::invalid(
+                    "command",
+                    "a batch cannot contain a batch",
+                )),
+                _ => self.apply(req)?,
+            });
+        }
+        Ok(Outcome::Batch(outcomes))
     }
 
     /// Checks the request id and the actor; returns the actor's audit name (`None` for the

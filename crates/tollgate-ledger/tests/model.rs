@@ -700,3 +700,74 @@ fn the_ledger_chain_survives_the_store_taking_entries_and_catches_any_change() {
     });
     assert_eq!(usage_ack(&out), Some(&UsageAck::Conflict { seq: 1 }));
 }
+
+/// A batch (the store's proposal batching) is exactly its requests applied one by one: the same
+/// outcomes in order and the same state, retries and duplicates included; nesting is refused.
+#[test]
+fn a_batch_applies_like_its_requests_one_by_one() {
+    let setup = testkit::tenant(&ClusterSecret::generate());
+    let request = |n: u64, command: Command| Request {
+        id: format!("req-{n}"),
+        ts_ms: 1_700_000_000_000 + n,
+        actor: Actor::System,
+        command,
+    };
+    let usage = |ids: &[u8]| Command::RecordUsage {
+        records: ids
+            .iter()
+            .map(|&i| record(i, 10 * u64::from(i), 0))
+            .collect(),
+    };
+    let work = vec![
+        request(10, usage(&[1, 2])),
+        request(
+            11,
+            Command::CreateOrg(Org {
+                id: id("beta"),
+                name: "Beta".into(),
+                status: OrgStatus::Active,
+                tier: 0,
+            }),
+        ),
+        request(12, usage(&[2, 3])),
+        request(
+            11,
+            Command::CreateOrg(Org {
+                id: id("beta"),
+                name: "Beta".into(),
+                status: OrgStatus::Active,
+                tier: 0,
+            }),
+        ),
+    ];
+    let fresh = || {
+        let mut s = State::default();
+        for (n, c) in setup.iter().enumerate() {
+            s.apply(&request(n as u64 + 1, c.clone())).expect("setup");
+        }
+        s
+    };
+    let mut one_by_one = fresh();
+    let singles: Vec<Outcome> = work
+        .iter()
+        .map(|r| one_by_one.apply(r).expect("applies"))
+        .collect();
+    let mut batched = fresh();
+    let nested = request(14, Command::Batch(vec![work[0].clone()]));
+    let mut with_nested = work.clone();
+    with_nested.push(nested);
+    let out = batched
+        .apply(&request(13, Command::Batch(with_nested)))
+        .expect("applies");
+    let Outcome::Batch(outs) = out else {
+        panic!("a batch answers with one outcome per request: {out:?}")
+    };
+    assert_eq!(outs[..4], singles[..]);
+    assert!(
+        matches!(&outs[4], Outcome::Error(e) if e.message.contains("batch")),
+        "{:?}",
+        outs[4]
+    );
+    assert_eq!(batched, one_by_one, "the same state");
+    assert_eq!(batched.ledger.len(), 3, "r2 once");
+}

@@ -36,6 +36,10 @@ pub struct ClusterStatus {
     /// Durable syncs (flush + fdatasync) this node's process completed.
     pub fsyncs: u64,
     pub disk_bytes: u64,
+    /// Writes this node's process proposed as leader, and the log entries that carried them
+    /// (proposal batching, `server/proposer.rs`).
+    pub writes_proposed: u64,
+    pub entries_proposed: u64,
 }
 
 /// `with_digest` also hashes the whole state, from a clone (O(1) for the ledger, usage index,
@@ -101,5 +105,7 @@ pub fn cluster_status(
         state_digest,
         fsyncs: sync_count(),
         disk_bytes: durable.size_on_disk(),
+        writes_proposed: crate::server::proposer::proposed().0,
+        entries_proposed: crate::server::proposer::proposed().1,
     }
 }

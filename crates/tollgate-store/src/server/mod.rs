@@ -4,6 +4,7 @@
 pub mod admin_svc;
 pub mod auth;
 pub mod errors;
+pub mod proposer;
 pub mod queries;
 pub mod quota_svc;
 pub mod raft_svc;
@@ -13,6 +14,7 @@ use crate::types::{NodeId, Raft};
 use errors::{api_status, not_leader};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
+use proposer::{ProposeError, Proposer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,12 +32,15 @@ pub struct NodeCtx {
     pub raft: Raft,
     pub sm: SmHandle,
     last_ts: Arc<AtomicU64>,
+    proposer: Proposer,
 }
 
 impl NodeCtx {
+    /// Starts the node's proposer task: call on the node's tokio runtime.
     pub fn new(id: NodeId, raft: Raft, sm: SmHandle) -> NodeCtx {
         NodeCtx {
             id,
+            proposer: Proposer::start(raft.clone()),
             raft,
             sm,
             last_ts: Arc::new(AtomicU64::new(0)),
@@ -67,7 +72,8 @@ impl NodeCtx {
         not_leader(self.leader().1)
     }
 
-    /// Proposes a command through Raft and waits until it is applied here.
+    /// Proposes a command through Raft (batched with concurrent writes, `proposer.rs`) and waits
+    /// until it is applied here.
     pub async fn write(
         &self,
         id: String,
@@ -93,7 +99,7 @@ impl NodeCtx {
             actor,
             command,
         };
-        let fut = self.raft.client_write(req);
+        let fut = self.proposer.propose(req);
         let res = tokio::time::timeout(Duration::from_millis(RAFT_OP_TIMEOUT_MS), fut)
             .await
             .map_err(|_| {
@@ -103,9 +109,9 @@ impl NodeCtx {
                 ))
             })?;
         match res {
-            Ok(resp) => Ok((resp.data, resp.log_id.index, ts_ms)),
-            Err(e) if e.forward_to_leader().is_some() => Err(self.not_leader_status()),
-            Err(e) => Err(api_status(ApiError::new(
+            Ok((outcome, index)) => Ok((outcome, index, ts_ms)),
+            Err(ProposeError::NotLeader) => Err(self.not_leader_status()),
+            Err(ProposeError::Raft(e)) => Err(api_status(ApiError::new(
                 ErrorCode::StoreUnavailable,
                 format!("raft: {e}"),
             ))),
