@@ -718,27 +718,21 @@ fn a_batch_applies_like_its_requests_one_by_one() {
             .map(|&i| record(i, 10 * u64::from(i), 0))
             .collect(),
     };
+    let beta = request(
+        11,
+        Command::CreateOrg(Org {
+            id: id("beta"),
+            name: "Beta".into(),
+            status: OrgStatus::Active,
+            tier: 0,
+        }),
+    );
+    // the repeat of request 11 answers with its first outcome (RQ-1), r2 is a duplicate (LG-1)
     let work = vec![
         request(10, usage(&[1, 2])),
-        request(
-            11,
-            Command::CreateOrg(Org {
-                id: id("beta"),
-                name: "Beta".into(),
-                status: OrgStatus::Active,
-                tier: 0,
-            }),
-        ),
+        beta.clone(),
         request(12, usage(&[2, 3])),
-        request(
-            11,
-            Command::CreateOrg(Org {
-                id: id("beta"),
-                name: "Beta".into(),
-                status: OrgStatus::Active,
-                tier: 0,
-            }),
-        ),
+        beta,
     ];
     let fresh = || {
         let mut s = State::default();
