@@ -4,7 +4,8 @@
 //! most `IN_FLIGHT_MAX` proposals await their commit at a time; while they do, new writes
 //! queue up and leave together in the next one. Under concurrency many small writes so share
 //! one log entry, one replication round and one fsync; a single client sees no wait, since
-//! with nothing in flight its write leaves at once. Each request inside a batch is admitted,
+//! with nothing in flight its write leaves at once. Requests too large to share an entry
+//! (big usage batches) skip the queue and its limit. Each request inside a batch is admitted,
 //! deduplicated and applied on its own, exactly as with an entry of its own
 //! (`State::apply_batch`), and its caller gets its own outcome.
 
@@ -60,19 +61,27 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    raft: Raft,
 }
 
 impl Proposer {
     /// Starts the proposing task (on the current tokio runtime).
     pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, rx));
-        Proposer { tx }
+        tokio::spawn(run(raft.clone(), rx));
+        Proposer { tx, raft }
     }
 
     /// Proposes `req` (alone or with others) and waits until it is applied here.
     pub async fn propose(&self, req: Request) -> Proposed {
         let bytes = encoded_size(&req);
+        if bytes > BATCH_BYTES_MAX {
+            // a log entry's worth on its own: proposed at once, outside the in-flight limit,
+            // so large usage batches pipeline as deep as openraft lets them
+            WRITES.fetch_add(1, Ordering::Relaxed);
+            ENTRIES.fetch_add(1, Ordering::Relaxed);
+            return write(&self.raft, req).await;
+        }
         let (reply, rx) = oneshot::channel();
         let pending = Pending { req, bytes, reply };
         if self.tx.send(pending).await.is_err() {
