@@ -13,6 +13,7 @@ use crate::codec::encode;
 use crate::types::Raft;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tollgate_ledger::{Actor, Command, Outcome, Request};
 
@@ -133,7 +134,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            propose_batch(raft, batch).await;
+            // a proposal that cannot commit (no quorum) gives its slot back when its callers
+            // give up; they were told to retry with the same request ids (dedup, RQ-1)
+            let limit = Duration::from_millis(super::RAFT_OP_TIMEOUT_MS);
+            let _ = tokio::time::timeout(limit, propose_batch(raft, batch)).await;
             drop(slot);
         });
     }
