@@ -318,7 +318,8 @@ impl State {
     }
 
     /// Checks QL-1 on every bucket, LG-1 over the ledger entries still held here, and the audit
-    /// chain (tests, models). The store checks its archived entries with `ledger::chain_over`.
+    /// chain (tests, models). Archived entries are checked against the chain head with
+    /// `ledger::chain_over` when a snapshot carrying them is installed.
     pub fn check_all_invariants(&self) -> Result<(), InvariantViolation> {
         for (id, b) in &self.buckets {
             b.check(id)?;

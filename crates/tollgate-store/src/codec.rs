@@ -25,6 +25,13 @@ pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The length of `encode(value)`, counted without building it (no allocation, no checksum).
+pub fn encoded_len<T: Serialize>(value: &T) -> io::Result<usize> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config()).map_err(io::Error::other)?;
+    Ok(HEADER_BYTES + size.bytes_written)
+}
+
 /// `encode` straight into a file (at its current position), without building the record in
 /// memory first: for snapshots, whose encoding can be hundreds of megabytes. The checksum is
 /// computed while writing and patched into the header afterwards. Returns the bytes written.
@@ -103,6 +110,20 @@ fn corrupt(why: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_len_is_the_length_encode_gives() {
+        for v in [
+            ("", 0u64),
+            ("hello", 42),
+            ("x".repeat(300).leak(), u64::MAX),
+        ] {
+            assert_eq!(
+                encoded_len(&v).expect("len"),
+                encode(&v).expect("encode").len()
+            );
+        }
+    }
 
     #[test]
     fn round_trip_and_corruption_is_detected() {

@@ -139,7 +139,7 @@ impl StoreNode {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let durable = Durable::open(&cfg.data_dir)?;
         let log = LogStore::open(durable.clone())?;
-        let sm = StateMachineStore::open(&cfg.data_dir, &durable)?;
+        let sm = StateMachineStore::open(&cfg.data_dir, durable.log_meter())?;
         let handle = sm.handle();
         let raft = Raft::new(
             cfg.node_id,

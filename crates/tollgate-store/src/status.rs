@@ -89,6 +89,7 @@ pub fn cluster_status(
         )
     });
     let state_digest = state.map(|s| crate::server::queries::state_digest(&s));
+    let (writes_proposed, entries_proposed) = crate::server::proposer::proposed();
     ClusterStatus {
         node_id: id,
         state: format!("{:?}", m.state),
@@ -105,7 +106,7 @@ pub fn cluster_status(
         state_digest,
         fsyncs: sync_count(),
         disk_bytes: durable.size_on_disk(),
-        writes_proposed: crate::server::proposer::proposed().0,
-        entries_proposed: crate::server::proposer::proposed().1,
+        writes_proposed,
+        entries_proposed,
     }
 }

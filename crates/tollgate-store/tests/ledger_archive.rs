@@ -69,7 +69,7 @@ fn ledger(h: &SmHandle) -> Vec<LedgerEntry> {
 
 fn open(dir: &std::path::Path) -> StateMachineStore {
     let durable = Durable::open(dir).expect("open durable");
-    StateMachineStore::open(dir, &durable).expect("open sm")
+    StateMachineStore::open(dir, durable.log_meter()).expect("open sm")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
             )
         };
         let durable = Durable::open(dir.path()).map_err(io)?;
-        let sm = StateMachineStore::open(dir.path(), &durable).map_err(io)?;
+        let sm = StateMachineStore::open(dir.path(), durable.log_meter()).map_err(io)?;
         let log = LogStore::open(durable).map_err(io)?;
         Ok((dir, log, sm))
     }

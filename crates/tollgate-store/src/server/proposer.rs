@@ -9,7 +9,7 @@
 //! deduplicated and applied on its own, exactly as with an entry of its own
 //! (`State::apply_batch`), and its caller gets its own outcome.
 
-use crate::codec::encode;
+use crate::codec::encoded_len;
 use crate::types::Raft;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,7 +103,7 @@ fn encoded_size(req: &Request) -> usize {
     if records > ALONE_RECORDS {
         return usize::MAX;
     }
-    encode(req).map_or(usize::MAX, |b| b.len())
+    encoded_len(req).unwrap_or(usize::MAX)
 }
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {

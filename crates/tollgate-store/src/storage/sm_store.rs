@@ -4,7 +4,7 @@
 //! archive is cut back to the snapshot's ledger) and re-applies the log up to the saved commit
 //! index, so the state and the archive come back exactly.
 
-use super::durable::{Durable, LogMeter};
+use super::durable::LogMeter;
 use super::ledger_archive::LedgerArchive;
 use super::snap_data::{SnapData, unpack};
 use super::snapshot_file::SnapshotFile;
@@ -77,8 +77,8 @@ pub fn snapshot_worth_it(log_bytes_since: u64, last_snapshot_bytes: u64) -> bool
 
 #[derive(Clone)]
 pub struct StateMachineStore {
+    /// Also holds the ledger archive (`archive()`).
     handle: SmHandle,
-    archive: LedgerArchive,
     /// Held while a snapshot is built or installed: an install replaces the archive, which a
     /// build checks against the state it copied.
     snapshot_lock: Arc<Mutex<()>>,
@@ -88,9 +88,9 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// The archive lives under `data_dir`; `durable`'s log meter (the Raft log's size) drives
-    /// the snapshot policy.
-    pub fn open(data_dir: &Path, durable: &Durable) -> io::Result<StateMachineStore> {
+    /// The archive lives under `data_dir`; `log` measures the Raft log's size
+    /// (`Durable::log_meter`) for the snapshot policy.
+    pub fn open(data_dir: &Path, log: LogMeter) -> io::Result<StateMachineStore> {
         let (tx, _) = watch::channel(0);
         let archive = LedgerArchive::open(data_dir)?;
         let snapshots = SnapshotFile::new(data_dir)?;
@@ -102,19 +102,22 @@ impl StateMachineStore {
         let handle = SmHandle {
             data: Arc::new(RwLock::new(SmData::default())),
             config_version: tx,
-            archive: archive.clone(),
+            archive,
         };
         Ok(StateMachineStore {
             handle,
-            archive,
             snapshot_lock: Arc::default(),
             snapshots,
-            log: durable.log_meter(),
+            log,
         })
     }
 
     pub fn handle(&self) -> SmHandle {
         self.handle.clone()
+    }
+
+    fn archive(&self) -> &LedgerArchive {
+        &self.handle.archive
     }
 
     /// Applies one entry and moves the ledger entries it appended into the archive, under the
@@ -123,7 +126,7 @@ impl StateMachineStore {
         let outcome = Self::apply_to_state(data, entry)?;
         let fresh = data.state.ledger.take_recent();
         if !fresh.is_empty() {
-            self.archive.append(&fresh)?;
+            self.archive().append(&fresh)?;
         }
         Ok(outcome)
     }
@@ -156,8 +159,8 @@ impl StateMachineStore {
             .snapshot_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.archive.sync()?;
-        let archived = self.archive.last_seq();
+        self.archive().sync()?;
+        let archived = self.archive().last_seq();
         if archived < data.state.ledger.len() {
             return Err(io::Error::other(format!(
                 "DU-2: the ledger archive holds {archived} entries, the state {}",
@@ -260,7 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: SnapData::Local {
                 state,
-                archive: self.archive.clone(),
+                archive: self.archive().clone(),
             },
         }))
     }
@@ -284,19 +287,19 @@ impl StateMachineStore {
             SnapData::Received(bytes) => bytes,
         };
         let sent = unpack(&bytes)?;
-        self.archive.clear()?;
+        self.archive().clear()?;
         for (first, count, record) in &sent.frames {
-            self.archive.put_raw(*first, *count, record)?;
+            self.archive().put_raw(*first, *count, record)?;
         }
-        self.archive.sync()?;
+        self.archive().sync()?;
         self.snapshots.write(meta, sent.state_bytes)?;
         Ok(sent.data)
     }
 
     fn reopen(&self, data: SmData) -> io::Result<SmData> {
         let len = data.state.ledger.len();
-        self.archive.truncate(len)?;
-        let archived = self.archive.last_seq();
+        self.archive().truncate(len)?;
+        let archived = self.archive().last_seq();
         if archived != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
