@@ -5,7 +5,7 @@
 # Modes: JSON and SSE chat completions (16 completion tokens), at 1 and 50 connections.
 # Tollgate runs as DESIGN.md section 10 asks: API-key auth, three limits on the org (leases and
 # a reservation per request), routing, the usage journal (fdatasync group commit) and shipping.
-# Usage: [TARGETS="nginx tollgate"] [GATEWAY_THREADS=n] benches/gateway_vs_peers.sh [repeats=3] [seconds=10]
+# Usage: [TARGETS="nginx tollgate"] [STREAMS=false] [CONNS=50] [GATEWAY_THREADS=n] benches/gateway_vs_peers.sh [repeats=3] [seconds=10]
 # Needs: nginx (apt-get install nginx-light); TensorZero in a venv at $TZ_VENV (default
 # /tmp/tz-venv: python3 -m venv /tmp/tz-venv && /tmp/tz-venv/bin/pip install tensorzero==2026.6.0).
 # Loopback only; every process started here is stopped by its PID on exit.
@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
 SECS=${2:-10}
 TZ_VENV=${TZ_VENV:-/tmp/tz-venv}
-# which targets to measure (all by default); GATEWAY_THREADS sets the gateway's worker threads
+# which targets to measure (all by default), STREAMS and CONNS which modes; GATEWAY_THREADS sets the
+# gateway's worker threads. Each result line carries the CPU µs per request of every process.
 TARGETS=${TARGETS:-direct nginx tensorzero tollgate}
 cargo build --release --locked -p tollgate -p tollgate-bench >&2
 BIN=target/release/tollgate
@@ -27,10 +28,10 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 MOCK=$(port); STORE=$(port); GW=$(port); NGINX=$(port)
-$BIN mock-upstream --listen 127.0.0.1:$MOCK --completion-tokens 16 2>"$DIR/mock.log" & PIDS+=($!)
+$BIN mock-upstream --listen 127.0.0.1:$MOCK --completion-tokens 16 2>"$DIR/mock.log" & PIDS+=($!); MOCK_PID=$!
 $BIN store --node-id 1 --listen 127.0.0.1:$STORE --data-dir "$DIR/store" \
   --initial-cluster 1=127.0.0.1:$STORE --peer-token "$(head -c 48 /dev/urandom | base64 | tr -dc A-Za-z0-9)" \
-  2>"$DIR/store.log" & PIDS+=($!)
+  2>"$DIR/store.log" & PIDS+=($!); STORE_PID=$!
 wait_port $MOCK; wait_port $STORE
 for _ in $(seq 200); do [ -s "$DIR/store/bootstrap-admin-token" ] && break; sleep 0.05; done
 export TOLLGATE_STORE=127.0.0.1:$STORE TOLLGATE_ADMIN_TOKEN=$(cat "$DIR/store/bootstrap-admin-token")
@@ -52,7 +53,7 @@ YAML
 for _ in $(seq 100); do $BIN admin apply -f "$DIR/config.yaml" >/dev/null 2>&1 && break; sleep 0.1; done
 KEY=$($BIN admin key create --org bench --project p --env test --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 TOLLGATE_WORKER_THREADS=${GATEWAY_THREADS:-} $BIN gateway --listen 127.0.0.1:$GW --store 127.0.0.1:$STORE --store-token "$TOLLGATE_ADMIN_TOKEN" \
-  --data-dir "$DIR/gw" 2>"$DIR/gw.log" & PIDS+=($!)
+  --data-dir "$DIR/gw" 2>"$DIR/gw.log" & PIDS+=($!); GW_PID=$!
 for _ in $(seq 200); do curl -sf 127.0.0.1:$GW/readyz >/dev/null && break; sleep 0.05; done
 
 mkdir -p "$DIR/nginx"
@@ -77,28 +78,48 @@ http {
   }
 }
 NGINX
-nginx -c "$DIR/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+nginx -c "$DIR/nginx.conf" -g 'daemon off;' & PIDS+=($!); NGINX_PID=$!
 wait_port $NGINX
 
 TZ_URL=""
 if [ -x "$TZ_VENV/bin/python" ]; then
-  "$TZ_VENV/bin/python" benches/tensorzero_gateway.py $MOCK > "$DIR/tz.out" 2>"$DIR/tz.log" & PIDS+=($!)
+  "$TZ_VENV/bin/python" benches/tensorzero_gateway.py $MOCK > "$DIR/tz.out" 2>"$DIR/tz.log" & PIDS+=($!); TZ_PID=$!
   for _ in $(seq 300); do TZ_URL=$(grep -o 'http://[^ ]*' "$DIR/tz.out" | head -1 || true); [ -n "$TZ_URL" ] && break; sleep 0.1; done
 fi
 
 body() { # $1 = model, $2 = stream
   echo "{\"model\":\"$1\",\"messages\":[{\"role\":\"user\",\"content\":\"benchmark prompt of a few words\"}],\"max_tokens\":16,\"stream\":$2}"
 }
+# CPU time (clock ticks) of a process and its children (nginx's worker), and of this shell's
+# waited-for children (the load generator)
+ticks() { local t=0; for p in "$@" $(pgrep -P "$1" 2>/dev/null || true); do
+  t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
+load_ticks() { awk '{print $16 + $17}' /proc/$$/stat; }
+HZ=$(getconf CLK_TCK)
+proxy_pid() { case $1 in nginx) echo "$NGINX_PID" ;; tensorzero) echo "$TZ_PID" ;; tollgate) echo "$GW_PID" ;; *) echo "" ;; esac; }
+# CPU ms per 1,000 requests for each process of the run: what the throughput ratio comes from
+cpu_json() { # requests proxy_before mock_before store_before load_before proxy_pid
+  local n=$1 pp=$6 pr=0
+  [ -n "$pp" ] && pr=$(( $(ticks "$pp") - $2 ))
+  python3 -c "import sys; n,hz=max(int(sys.argv[1]),1),int(sys.argv[2]); f=lambda t: round(int(t)*1e6/hz/n,1)
+print('{\"proxy\":%s,\"mock\":%s,\"store\":%s,\"load\":%s}' % tuple(f(x) for x in sys.argv[3:]))" \
+    "$n" "$HZ" "$pr" $(( $(ticks "$MOCK_PID") - $3 )) $(( $(ticks "$STORE_PID") - $4 )) $(( $(load_ticks) - $5 ))
+}
 run() { # label url model stream clients [key]
   local label=$1 url=$2 model=$3 stream=$4 c=$5 key=${6:-}
   case " $TARGETS " in *" $label "*) ;; *) return 0 ;; esac
   for r in $(seq "$REPEATS"); do
+    local pp; pp=$(proxy_pid "$label")
+    local b0=0; [ -n "$pp" ] && b0=$(ticks "$pp")
+    local b1 b2 b3; b1=$(ticks "$MOCK_PID"); b2=$(ticks "$STORE_PID"); b3=$(load_ticks)
     out=$(TOLLGATE_API_KEY=$key $LOAD --clients "$c" --duration-s "$SECS" http --url "$url" --body "$(body "$model" "$stream")")
-    echo "{\"label\":\"$label\",\"stream\":$stream,\"run\":$r,\"result\":$out}"
+    n=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$out")
+    cpu=$(cpu_json "$n" "$b0" "$b1" "$b2" "$b3" "$pp")
+    echo "{\"label\":\"$label\",\"stream\":$stream,\"run\":$r,\"result\":$out,\"cpu_us_per_req\":$cpu}"
   done
 }
-for stream in false true; do
-  for c in 1 50; do
+for stream in ${STREAMS:-false true}; do
+  for c in ${CONNS:-1 50}; do
     run direct "http://127.0.0.1:$MOCK/v1/chat/completions" demo-chat $stream $c
     run nginx "http://127.0.0.1:$NGINX/v1/chat/completions" demo-chat $stream $c
     if [ -n "$TZ_URL" ]; then

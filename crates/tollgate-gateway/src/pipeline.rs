@@ -441,7 +441,7 @@ async fn admit(
         v.input_estimate,
     );
     // the reservation reaches the journal before the request goes upstream
-    if let Some(Err(e)) = gw.journal.as_ref().map(|j| j.reserved(reserved)) {
+    if let Some(Err(e)) = gw.journal.as_ref().map(|j| j.reserved(&reserved)) {
         tracing::error!(error = %e, "journal append failed; refusing the request");
         settlement.finish(Usage::default(), UsageStatus::UpstreamFailed);
         return Err(GwError::new(

@@ -56,9 +56,16 @@ fn check_slug(kind: &'static str, value: &str, allow_upper_and_slash: bool) -> R
 macro_rules! slug_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $loose:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        /// Serialized as its string, borrowed (`serde(into)` would clone it on every record).
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             pub fn parse(value: &str) -> Result<Self, IdError> {

@@ -1,24 +1,76 @@
-//! Journal framing: `[len: u32 LE][crc32 of body: u32 LE][body]`, body = `[version][JSON]`.
-//! A torn or corrupt tail (a crash in the middle of a write) ends the readable prefix.
+//! Journal framing: `[len: u32 LE][crc32 of body: u32 LE][body]`, body = `[version][entry]`.
+//! Version 2 (written): `[2][kind: 1 reserved | 2 settled][seq: u64 LE][bincode of the
+//! reservation or the usage record]` (standard config, little-endian varints, as the store's
+//! codec). Version 1 (read only): `[1][JSON entry]`. A torn or corrupt tail (a crash in the
+//! middle of a write) ends the readable prefix.
 
-use super::record::Entry;
+use super::record::{Entry, Reserved};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io;
+use tollgate_types::usage::UsageRecord;
 
-/// Current record format.
-pub const VERSION: u8 = 1;
+/// The format this version writes.
+pub const VERSION: u8 = 2;
+/// JSON entries, written before version 2; still read.
+pub const VERSION_JSON: u8 = 1;
 /// Largest body accepted when reading (a length beyond it means corruption).
 pub const BODY_BYTES_MAX: usize = 1 << 20;
 const HEADER: usize = 8;
+const KIND_RESERVED: u8 = 1;
+const KIND_SETTLED: u8 = 2;
 
-pub fn encode(e: &Entry) -> Vec<u8> {
-    let json = serde_json::to_vec(e).unwrap_or_default();
-    let mut body = Vec::with_capacity(json.len() + 1);
-    body.push(VERSION);
-    body.extend_from_slice(&json);
-    let mut out = Vec::with_capacity(HEADER + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding()
+}
+
+/// An entry to write, borrowed: a settled record is encoded without being copied.
+#[derive(Clone, Copy)]
+pub enum EntryRef<'a> {
+    Reserved(&'a Reserved),
+    Settled(&'a UsageRecord),
+}
+
+/// The frame of `entry` under sequence number `seq`.
+pub fn encode(seq: u64, entry: EntryRef<'_>) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(&[0; HEADER]);
+    out.push(VERSION);
+    match entry {
+        EntryRef::Reserved(r) => put(&mut out, KIND_RESERVED, seq, r)?,
+        EntryRef::Settled(r) => put(&mut out, KIND_SETTLED, seq, r)?,
+    }
+    let body_len = out.len() - HEADER;
+    if body_len > BODY_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "journal entry larger than a frame may be",
+        ));
+    }
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[0..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Gives an encoded frame its sequence number (and the checksum that goes with it).
+pub fn set_seq(frame: &mut [u8], seq: u64) {
+    const AT: usize = HEADER + 2;
+    if frame.len() < AT + 8 {
+        return;
+    }
+    frame[AT..AT + 8].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32fast::hash(&frame[HEADER..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn put<T: Serialize>(out: &mut Vec<u8>, kind: u8, seq: u64, value: &T) -> io::Result<()> {
+    out.push(kind);
+    out.extend_from_slice(&seq.to_le_bytes());
+    bincode::serde::encode_into_std_write(value, out, config()).map_err(io::Error::other)?;
+    Ok(())
 }
 
 /// Decodes every whole, valid frame of `buf`; returns the entries and the length of the valid
@@ -40,9 +92,36 @@ fn decode_one(buf: &[u8]) -> Option<(Entry, usize)> {
         return None;
     }
     let body = buf.get(HEADER..HEADER + len)?;
-    if crc32fast::hash(body) != crc || body[0] != VERSION {
+    if crc32fast::hash(body) != crc {
         return None;
     }
-    let e = serde_json::from_slice(&body[1..]).ok()?;
+    let e = match body[0] {
+        VERSION => decode_binary(&body[1..])?,
+        VERSION_JSON => serde_json::from_slice(&body[1..]).ok()?,
+        _ => return None,
+    };
     Some((e, HEADER + len))
+}
+
+fn decode_binary(body: &[u8]) -> Option<Entry> {
+    let (&kind, rest) = body.split_first()?;
+    let seq = u64::from_le_bytes(rest.get(0..8)?.try_into().ok()?);
+    let value = &rest[8..];
+    match kind {
+        KIND_RESERVED => Some(Entry::Reserved {
+            seq,
+            reserved: whole(value)?,
+        }),
+        KIND_SETTLED => Some(Entry::Settled {
+            seq,
+            record: whole(value)?,
+        }),
+        _ => None,
+    }
+}
+
+/// Decodes a value that must fill `bytes` exactly.
+fn whole<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    let (v, n) = bincode::serde::decode_from_slice(bytes, config()).ok()?;
+    (n == bytes.len()).then_some(v)
 }

@@ -1,7 +1,8 @@
 //! The gateway's usage journal (docs/design/ledger.md): segment files under
-//! `<data-dir>/journal`, CRC-framed versioned entries. `Reserved` is written (a `write(2)` to the
-//! file, so a killed process loses nothing) before a request goes upstream; `Settled` — the usage
-//! record — before the client sees the end of the response. A syncer thread `fdatasync`s the
+//! `<data-dir>/journal`, CRC-framed versioned entries. `Reserved` is written before a request goes
+//! upstream; `Settled` — the usage record — before the client sees the end of the response. The
+//! live segment is preallocated and memory-mapped ([`segment`]): an append is a copy into the
+//! kernel's page cache, so a killed process loses nothing. A syncer thread `fdatasync`s the
 //! current segment every `SYNC_EVERY` when something was written: that interval bounds what a
 //! power loss can take. The shipper acknowledges settled entries by sequence number (`cursor`
 //! file); segments wholly acknowledged and without open reservations are deleted. On start the
@@ -10,8 +11,11 @@
 
 pub mod frame;
 pub mod record;
+mod segment;
 
+use frame::EntryRef;
 use record::{Entry, Reserved};
+use segment::Segment;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -25,15 +29,12 @@ use tollgate_types::usage::UsageRecord;
 /// Group-commit interval of the syncer: the power-loss window.
 pub const SYNC_EVERY: Duration = Duration::from_millis(2);
 /// A segment is closed and a new one started beyond this size.
-pub const SEGMENT_BYTES: u64 = 64 << 20;
+pub const SEGMENT_BYTES: usize = 64 << 20;
 const CURSOR: &str = "cursor";
 
 struct Writer {
-    file: File,
-    /// A handle on the current segment for the syncer (syncs outside the lock).
-    sync_handle: Arc<File>,
-    seg_start: u64,
-    seg_bytes: u64,
+    /// The live segment (`None` only after a failed rollover; the next append retries).
+    seg: Option<Segment>,
     next_seq: u64,
     /// Open reservations: request id → the segment (start seq) holding its `Reserved`.
     open: HashMap<RequestId, u64>,
@@ -64,6 +65,8 @@ pub struct Journal {
     /// Held for the journal's lifetime: one gateway process per data dir.
     _lock: File,
     w: Mutex<Writer>,
+    /// Size of a new segment (`SEGMENT_BYTES`; smaller in tests).
+    segment_bytes: usize,
     dirty: AtomicBool,
     acked: AtomicU64,
     pub stats: JournalStats,
@@ -91,6 +94,12 @@ fn segments_in(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Bytes of a segment's tail past its valid frames that hold anything: a torn write. The
+/// zeroed, never-written end of a preallocated segment is not torn.
+fn torn_len(tail: &[u8]) -> usize {
+    tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
 }
 
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {
@@ -124,6 +133,10 @@ impl JournalStats {
 impl Journal {
     /// Opens (or creates) the journal in `dir` and replays it.
     pub fn open(dir: &Path) -> io::Result<(Journal, Replay)> {
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, segment_bytes: usize) -> io::Result<(Journal, Replay)> {
         std::fs::create_dir_all(dir)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -149,8 +162,9 @@ impl Journal {
             let buf = read_file(&path)?;
             let (entries, valid) = frame::decode_all(&buf);
             if valid < buf.len() {
-                // a crash mid-write: keep the valid prefix only
-                replay.torn_bytes += (buf.len() - valid) as u64;
+                // the unused, zeroed end of a segment whose process was killed, or a write a
+                // crash tore: keep the valid prefix only
+                replay.torn_bytes += torn_len(&buf[valid..]) as u64;
                 OpenOptions::new()
                     .write(true)
                     .open(&path)?
@@ -182,20 +196,23 @@ impl Journal {
             replay.in_doubt.push(r);
         }
         let next_seq = max_seq + 1;
-        let (file, sync_handle) = Self::create_segment(dir, next_seq)?;
+        // a segment already named for the next entry holds no entry (a run that wrote nothing)
+        match std::fs::remove_file(dir.join(segment_name(next_seq))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let seg = Self::create_segment(dir, next_seq, segment_bytes)?;
         segments.insert(next_seq, 0);
         let j = Journal {
             dir: dir.to_owned(),
             _lock: lock,
             w: Mutex::new(Writer {
-                file,
-                sync_handle,
-                seg_start: next_seq,
-                seg_bytes: 0,
+                seg: Some(seg),
                 next_seq,
                 open,
                 segments,
             }),
+            segment_bytes,
             dirty: AtomicBool::new(false),
             acked: AtomicU64::new(acked),
             stats: JournalStats::default(),
@@ -203,51 +220,60 @@ impl Journal {
         Ok((j, replay))
     }
 
-    fn create_segment(dir: &Path, start: u64) -> io::Result<(File, Arc<File>)> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(segment_name(start)))?;
+    fn create_segment(dir: &Path, start: u64, bytes: usize) -> io::Result<Segment> {
+        let seg = Segment::create(&dir.join(segment_name(start)), start, bytes)?;
         // the new file's directory entry must survive a power loss too
         File::open(dir)?.sync_all()?;
-        let handle = Arc::new(file.try_clone()?);
-        Ok((file, handle))
+        Ok(seg)
+    }
+
+    /// The live segment, with room for `need` bytes: a full one is sealed and a new one
+    /// started at the next sequence number.
+    fn segment_for<'w>(&self, w: &'w mut Writer, need: usize) -> io::Result<&'w mut Segment> {
+        if w.seg.as_ref().is_none_or(|s| s.room() < need) {
+            let start = w.next_seq;
+            let fresh = Self::create_segment(&self.dir, start, self.segment_bytes)?;
+            w.segments.insert(start, 0);
+            if let Some(full) = w.seg.replace(fresh) {
+                full.seal()?;
+            }
+        }
+        w.seg
+            .as_mut()
+            .ok_or_else(|| io::Error::other("journal segment missing"))
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         self.w.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn append(&self, make: impl FnOnce(u64) -> Entry) -> io::Result<u64> {
-        let mut w = self.writer();
-        if w.seg_bytes >= SEGMENT_BYTES {
-            w.file.sync_data()?;
-            let start = w.next_seq;
-            let (file, handle) = Self::create_segment(&self.dir, start)?;
-            w.file = file;
-            w.sync_handle = handle;
-            w.seg_start = start;
-            w.seg_bytes = 0;
-            w.segments.insert(start, 0);
-        }
-        let seq = w.next_seq;
-        let entry = make(seq);
-        let bytes = frame::encode(&entry);
-        if let Err(e) = w.file.write_all(&bytes) {
+    /// Appends `entry`: encoded before the lock is taken, numbered (its frame's sequence
+    /// number and checksum patched) and copied into the live segment under it.
+    fn append(&self, entry: EntryRef<'_>) -> io::Result<u64> {
+        let fail = |e: io::Error| {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            // never leave a partial frame: a replay stops at the first broken one
-            let _ = w.file.set_len(w.seg_bytes);
-            return Err(e);
+            e
+        };
+        let mut bytes = frame::encode(0, entry).map_err(fail)?;
+        if bytes.len() > self.segment_bytes {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "journal entry larger than a segment",
+            )));
         }
+        let mut w = self.writer();
+        let seq = w.next_seq;
+        frame::set_seq(&mut bytes, seq);
+        let seg = self.segment_for(&mut w, bytes.len()).map_err(fail)?;
+        seg.append(&bytes);
+        let seg = seg.start;
         w.next_seq += 1;
-        w.seg_bytes += bytes.len() as u64;
-        let seg = w.seg_start;
         match entry {
-            Entry::Reserved { reserved, .. } => {
-                w.open.insert(reserved.request_id, seg);
+            EntryRef::Reserved(r) => {
+                w.open.insert(r.request_id.clone(), seg);
                 *w.segments.entry(seg).or_insert(0) += 1;
             }
-            Entry::Settled { record, .. } => {
+            EntryRef::Settled(record) => {
                 if let Some(s) = w.open.remove(&record.request_id)
                     && let Some(n) = w.segments.get_mut(&s)
                 {
@@ -255,20 +281,20 @@ impl Journal {
                 }
             }
         }
+        drop(w);
         self.dirty.store(true, Ordering::Release);
         self.stats.appended.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
 
     /// Journals a reservation (before the upstream call).
-    pub fn reserved(&self, r: Reserved) -> io::Result<u64> {
-        self.append(|seq| Entry::Reserved { seq, reserved: r })
+    pub fn reserved(&self, r: &Reserved) -> io::Result<u64> {
+        self.append(EntryRef::Reserved(r))
     }
 
     /// Journals a usage record (before the client sees the end of the response).
     pub fn settled(&self, record: &UsageRecord) -> io::Result<u64> {
-        let record = record.clone();
-        self.append(|seq| Entry::Settled { seq, record })
+        self.append(EntryRef::Settled(record))
     }
 
     /// `fdatasync`s the current segment if anything was written since the last sync.
@@ -276,7 +302,9 @@ impl Journal {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let handle = self.writer().sync_handle.clone();
+        let Some(handle) = self.writer().seg.as_ref().map(|s| s.file.clone()) else {
+            return Ok(());
+        };
         handle.sync_data()?;
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -330,9 +358,19 @@ impl Journal {
         from: u64,
         max: usize,
     ) -> io::Result<(Vec<(u64, UsageRecord)>, bool)> {
+        // the live segment is read only as far as it was written (the rest is zeros)
+        let live = self.writer().seg.as_ref().map(|s| (s.start, s.used));
+        let segments = segments_in(&self.dir)?;
         let mut out = Vec::new();
-        for (_, path) in segments_in(&self.dir)? {
-            let (entries, _) = frame::decode_all(&read_file(&path)?);
+        for (i, (start, path)) in segments.iter().enumerate() {
+            if segments.get(i + 1).is_some_and(|(next, _)| *next <= from) {
+                continue; // holds only entries before `from`
+            }
+            let mut buf = read_file(path)?;
+            if let Some((_, used)) = live.filter(|(s, _)| s == start) {
+                buf.truncate(used);
+            }
+            let (entries, _) = frame::decode_all(&buf);
             for e in entries {
                 if let Entry::Settled { seq, record } = e
                     && seq >= from
@@ -363,6 +401,30 @@ impl Journal {
                 std::thread::sleep(SYNC_EVERY);
             }
         })
+    }
+}
+
+#[cfg(test)]
+impl Journal {
+    /// What a killed process leaves: the live segment neither synced nor cut (its mapping's
+    /// pages stay in the page cache); the lock is released as the kernel would.
+    fn abandon(mut self) {
+        if let Some(seg) = self.w.get_mut().ok().and_then(|w| w.seg.take()) {
+            std::mem::forget(seg);
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// Seals the live segment: synced and cut to the bytes written.
+    fn drop(&mut self) {
+        let seg = self
+            .w
+            .get_mut()
+            .map_or_else(|p| p.into_inner().seg.take(), |w| w.seg.take());
+        if let Some(Err(e)) = seg.map(Segment::seal) {
+            tracing::error!(error = %e, "sealing the journal's last segment");
+        }
     }
 }
 

@@ -1,3 +1,4 @@
+use super::frame::EntryRef;
 use super::record::{Entry, Reserved};
 use super::*;
 use tollgate_types::amount::Price;
@@ -37,47 +38,85 @@ fn record(rid: &str, completion: u64) -> UsageRecord {
     r
 }
 
-/// Bytes written by this version (format v1): they must always decode to the same entries.
-const GOLDEN_HEX: &str = include_str!("golden_v1.hex");
+/// Bytes written by format v1 (JSON entries, before binary frames): still read.
+const GOLDEN_V1_HEX: &str = include_str!("golden_v1.hex");
+/// Bytes written by this version (format v2, the hex of `encode_golden()` when v2 was made):
+/// they must always decode to the same entries. A new format adds a new file; this one stays.
+const GOLDEN_V2_HEX: &str = include_str!("golden_v2.hex");
+
+fn unhex(hex: &str) -> Vec<u8> {
+    let hex = hex.trim();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The two entries both golden files hold.
+fn golden_entries() -> Vec<Entry> {
+    vec![
+        Entry::Reserved {
+            seq: 1,
+            reserved: reserved("r1"),
+        },
+        Entry::Settled {
+            seq: 2,
+            record: record("r1", 16),
+        },
+    ]
+}
+
+/// This version's frames of the golden entries.
+fn encode_golden() -> Vec<u8> {
+    let mut out = frame::encode(1, EntryRef::Reserved(&reserved("r1"))).expect("encode");
+    out.extend(frame::encode(2, EntryRef::Settled(&record("r1", 16))).expect("encode"));
+    out
+}
 
 #[test]
 fn entries_captured_from_v1_decode() {
-    let bytes: Vec<u8> = (0..GOLDEN_HEX.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&GOLDEN_HEX.trim()[i..i + 2], 16).expect("hex"))
-        .collect();
+    let bytes = unhex(GOLDEN_V1_HEX);
     let (entries, valid) = frame::decode_all(&bytes);
     assert_eq!(valid, bytes.len());
-    assert_eq!(
-        entries,
-        vec![
-            Entry::Reserved {
-                seq: 1,
-                reserved: reserved("r1")
-            },
-            Entry::Settled {
-                seq: 2,
-                record: record("r1", 16)
-            },
-        ]
-    );
-    // and this version still writes exactly those bytes
-    let mut again = frame::encode(&entries[0]);
-    again.extend(frame::encode(&entries[1]));
-    assert_eq!(again, bytes);
+    assert_eq!(entries, golden_entries());
+}
+
+#[test]
+fn entries_captured_from_v2_decode_and_this_version_writes_the_same_bytes() {
+    let bytes = unhex(GOLDEN_V2_HEX);
+    let (entries, valid) = frame::decode_all(&bytes);
+    assert_eq!(valid, bytes.len());
+    assert_eq!(entries, golden_entries());
+    assert_eq!(encode_golden(), bytes);
+    // binary frames are a third of the JSON ones
+    assert!(bytes.len() * 2 < unhex(GOLDEN_V1_HEX).len());
+}
+
+#[test]
+fn a_journal_written_by_v1_replays_next_to_v2_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(segment_name(1)), unhex(GOLDEN_V1_HEX)).expect("v1 segment");
+    let (j, replay) = Journal::open(dir.path()).expect("open");
+    assert_eq!(replay.unacked.len(), 1);
+    j.reserved(&reserved("r2")).expect("append");
+    let s = j.settled(&record("r2", 3)).expect("append");
+    assert_eq!(s, 4, "numbering continues after the v1 entries");
+    drop(j);
+    let (_, replay) = Journal::open(dir.path()).expect("reopen");
+    let ids: Vec<String> = replay
+        .unacked
+        .iter()
+        .map(|(_, r)| r.request_id.to_string())
+        .collect();
+    assert_eq!(ids, vec!["r1", "r2"]);
+    assert_eq!(replay.torn_bytes, 0);
 }
 
 #[test]
 fn a_torn_or_corrupt_tail_ends_the_readable_prefix() {
-    let mut bytes = frame::encode(&Entry::Reserved {
-        seq: 1,
-        reserved: reserved("r1"),
-    });
+    let mut bytes = frame::encode(1, EntryRef::Reserved(&reserved("r1"))).expect("encode");
     let whole = bytes.len();
-    bytes.extend(frame::encode(&Entry::Settled {
-        seq: 2,
-        record: record("r1", 4),
-    }));
+    bytes.extend(frame::encode(2, EntryRef::Settled(&record("r1", 4))).expect("encode"));
     let (e, valid) = frame::decode_all(&bytes[..bytes.len() - 3]);
     assert_eq!((e.len(), valid), (1, whole));
     let mut flipped = bytes.clone();
@@ -92,11 +131,11 @@ fn replay_ships_unacknowledged_records_and_settles_open_reservations_once() {
     {
         let (j, replay) = Journal::open(dir.path()).expect("open");
         assert!(replay.unacked.is_empty() && replay.in_doubt.is_empty());
-        j.reserved(reserved("r1")).expect("append");
+        j.reserved(&reserved("r1")).expect("append");
         let s1 = j.settled(&record("r1", 5)).expect("append");
-        j.reserved(reserved("r2")).expect("append");
+        j.reserved(&reserved("r2")).expect("append");
         j.settled(&record("r2", 6)).expect("append");
-        j.reserved(reserved("r3")).expect("append"); // the process dies before r3 settles
+        j.reserved(&reserved("r3")).expect("append"); // the process dies before r3 settles
         j.ack(s1).expect("ack");
     }
     // a torn write at the end of the last segment
@@ -186,4 +225,72 @@ fn late_records_are_set_aside_for_backfill_one_json_line_each() {
     assert_eq!(lines[0]["closed_before_ms"], 77);
     assert_eq!(lines[1]["record"]["request_id"], "r2");
     assert_eq!(lines[1]["record"]["completion_tokens"], 5);
+}
+
+#[test]
+fn a_killed_process_leaves_a_zeroed_tail_that_replay_cuts_without_calling_it_torn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (j, _) = Journal::open_with(dir.path(), 1 << 16).expect("open");
+    j.reserved(&reserved("r1")).expect("append");
+    j.settled(&record("r1", 5)).expect("append");
+    j.reserved(&reserved("r2")).expect("append");
+    j.abandon();
+    let seg = segments_in(dir.path()).expect("list")[0].1.clone();
+    assert_eq!(std::fs::metadata(&seg).expect("stat").len(), 1 << 16);
+    let (_, replay) = Journal::open(dir.path()).expect("reopen");
+    assert_eq!(
+        replay.torn_bytes, 0,
+        "zeros are unused room, not a torn write"
+    );
+    assert_eq!(replay.unacked.len(), 1);
+    assert_eq!(replay.in_doubt.len(), 1);
+    let written = frame::encode(1, EntryRef::Reserved(&reserved("r1")))
+        .expect("encode")
+        .len();
+    let len = std::fs::metadata(&seg).expect("stat").len() as usize;
+    assert!(len > written && len < 1 << 12, "cut to its frames: {len}");
+}
+
+#[test]
+fn full_segments_roll_over_and_everything_reads_back_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (j, _) = Journal::open_with(dir.path(), 512).expect("open");
+    let mut seqs = Vec::new();
+    for i in 0..40 {
+        j.reserved(&reserved(&format!("r{i}"))).expect("append");
+        seqs.push(j.settled(&record(&format!("r{i}"), i)).expect("append"));
+    }
+    let files = segments_in(dir.path()).expect("list");
+    assert!(files.len() > 5, "{} segments", files.len());
+    // sealed segments are cut to their frames
+    for (_, path) in &files[..files.len() - 1] {
+        let buf = read_file(path).expect("read");
+        assert_eq!(frame::decode_all(&buf).1, buf.len());
+    }
+    let (all, end) = j.settled_from(0, 1000).expect("read");
+    assert!(end);
+    assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), seqs);
+    let (tail, _) = j.settled_from(seqs[30], 1000).expect("read");
+    assert_eq!(tail.len(), 10);
+    // acknowledging everything but the last 5 frees the front segments
+    j.ack(seqs[34]).expect("ack");
+    assert!(segments_in(dir.path()).expect("list").len() < files.len());
+    drop(j);
+    let (_, replay) = Journal::open(dir.path()).expect("reopen");
+    assert_eq!(replay.torn_bytes, 0);
+    assert!(replay.in_doubt.is_empty());
+    assert_eq!(
+        replay.unacked.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        seqs[35..].to_vec()
+    );
+}
+
+#[test]
+fn an_entry_larger_than_a_segment_is_refused_not_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (j, _) = Journal::open_with(dir.path(), 64).expect("open");
+    assert!(j.settled(&record("r1", 1)).is_err());
+    assert_eq!(j.stats.errors.load(Ordering::Relaxed), 1);
+    let (none, _) = j.settled_from(0, 10).expect("read");
+    assert!(none.is_empty());
 }

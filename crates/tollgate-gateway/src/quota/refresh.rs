@@ -238,7 +238,7 @@ impl Quota {
                 unit: g.unit,
                 overrun,
             };
-            let len = serde_json::to_vec(&w).map_or(1024, |v| v.len() + 1);
+            let len = ship::json_len(&w);
             if len > budget {
                 // no room this time: the next refresh asks (overruns stay to be reported)
                 g.overrun += overrun;

@@ -19,9 +19,21 @@ const KICK_AT: usize = 256;
 /// Most records per `Acquire`.
 pub const BATCH_MAX: usize = 1_000;
 
-/// Encoded size of a record in an `Acquire` body.
-pub fn json_len(r: &UsageRecord) -> usize {
-    serde_json::to_vec(r).map_or(1024, |v| v.len() + 1)
+/// Encoded size of a record (or any part) in an `Acquire` body (counted, not built).
+pub fn json_len<T: serde::Serialize>(r: &T) -> usize {
+    /// Counts what would be written.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, r).map_or(1024, |()| n.0 + 1)
 }
 
 #[derive(Default)]
