@@ -164,7 +164,10 @@ pub async fn start_with(
     tracing::info!(%addr, gateway = %gw.settings.gateway_id, %holder, "gateway listening");
     let syncer = gw.journal.as_ref().map(|j| {
         let stop_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        (stop_sync.clone(), j.start_syncer(stop_sync))
+        (
+            stop_sync.clone(),
+            j.start_syncer(stop_sync, gw.settings.journal_sync),
+        )
     });
     Ok(GatewayHandle {
         addr,

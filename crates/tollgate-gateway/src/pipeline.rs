@@ -64,7 +64,7 @@ pub async fn handle(gw: Arc<Gw>, req: Request<Incoming>) -> Result<Response<Body
     h.insert("x-request-id", rid);
     let st = timing.header();
     if !st.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&st)
+        && let Ok(v) = HeaderValue::try_from(st)
     {
         h.insert("server-timing", v);
     }

@@ -25,6 +25,8 @@ pub struct Settings {
     /// Keep the usage journal (`<data-dir>/journal`). Off only to measure its cost: usage
     /// records then live in memory until shipped, and a crash loses them.
     pub journal: bool,
+    /// How often the journal is `fdatasync`ed while written to: what a power loss can take.
+    pub journal_sync: std::time::Duration,
 }
 
 /// Size and connection limits on the customer listener.
@@ -147,6 +149,7 @@ impl Settings {
             routing: Routing::default(),
             quota: crate::quota::QuotaSettings::default(),
             journal: true,
+            journal_sync: crate::journal::SYNC_EVERY,
         }
     }
 }

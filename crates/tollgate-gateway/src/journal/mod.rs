@@ -386,7 +386,11 @@ impl Journal {
     }
 
     /// Starts the syncer thread; it stops (after a last sync) when `stop` is set.
-    pub fn start_syncer(self: &Arc<Self>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    pub fn start_syncer(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+        every: Duration,
+    ) -> std::thread::JoinHandle<()> {
         let j = self.clone();
         std::thread::spawn(move || {
             loop {
@@ -398,7 +402,7 @@ impl Journal {
                 if last {
                     return;
                 }
-                std::thread::sleep(SYNC_EVERY);
+                std::thread::sleep(every);
             }
         })
     }

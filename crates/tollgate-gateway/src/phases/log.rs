@@ -5,42 +5,52 @@ use std::time::{Duration, Instant};
 // the quota clock: admission reuses the last mark (drifts only under fault injection)
 use tollgate_types::faults::mono_now;
 
-/// Per-phase durations of one request.
-#[derive(Debug, Default, Clone)]
+/// Phases timed per request at most (more are not recorded).
+const MARKS_MAX: usize = 8;
+
+/// Per-phase durations of one request (no allocation until the header is rendered).
+#[derive(Debug, Clone)]
 pub struct Timing {
-    marks: Vec<(&'static str, Duration)>,
-    last: Option<Instant>,
+    marks: [(&'static str, Duration); MARKS_MAX],
+    len: usize,
+    last: Instant,
 }
 
 impl Timing {
     pub fn start() -> Timing {
         Timing {
-            marks: Vec::with_capacity(6),
-            last: Some(mono_now()),
+            marks: [("", Duration::ZERO); MARKS_MAX],
+            len: 0,
+            last: mono_now(),
         }
     }
 
     /// Ends the phase `name` now.
     pub fn mark(&mut self, name: &'static str) {
         let now = mono_now();
-        if let Some(last) = self.last {
-            self.marks.push((name, now - last));
+        if let Some(slot) = self.marks.get_mut(self.len) {
+            *slot = (name, now - self.last);
+            self.len += 1;
         }
-        self.last = Some(now);
+        self.last = now;
     }
 
-    /// `Server-Timing` value: `auth;dur=0.012, validate;dur=0.030, …` (milliseconds).
     /// When the last phase ended (the clock read the next phase can reuse).
     pub fn last(&self) -> Instant {
-        self.last.unwrap_or_else(mono_now)
+        self.last
     }
 
+    /// `Server-Timing` value: `auth;dur=0.012, validate;dur=0.030, …` (milliseconds, to the
+    /// microsecond).
     pub fn header(&self) -> String {
-        self.marks
-            .iter()
-            .map(|(n, d)| format!("{n};dur={:.3}", d.as_secs_f64() * 1e3))
-            .collect::<Vec<_>>()
-            .join(", ")
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(24 * self.len);
+        for (i, (name, d)) in self.marks[..self.len].iter().enumerate() {
+            let us = d.as_micros();
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(out, "{sep}{name};dur={}.{:03}", us / 1000, us % 1000);
+        }
+        out
     }
 }
 
@@ -67,4 +77,24 @@ pub fn access(a: &Access<'_>) {
         model = a.model.unwrap_or("-"),
         ms = a.elapsed.as_secs_f64() * 1e3,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_lists_phases_in_milliseconds_and_keeps_the_first_eight() {
+        let mut t = Timing::start();
+        assert_eq!(t.header(), "");
+        t.marks[0] = ("auth", Duration::from_micros(12));
+        t.marks[1] = ("upstream", Duration::from_micros(61_234));
+        t.len = 2;
+        assert_eq!(t.header(), "auth;dur=0.012, upstream;dur=61.234");
+        for _ in 0..10 {
+            t.mark("more");
+        }
+        assert_eq!(t.len, MARKS_MAX);
+        assert_eq!(t.header().matches(';').count(), MARKS_MAX);
+    }
 }

@@ -84,31 +84,34 @@ impl Headers {
         }
     }
 
-    /// The header lines.
+    /// The header lines (names are constants; numbers are formatted straight into values).
     pub fn pairs(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::new();
-        for (name, view) in [("requests", self.requests), ("tokens", self.tokens)] {
+        let mut out = Vec::with_capacity(6);
+        for (names, view) in [(&REQUESTS, self.requests), (&TOKENS, self.tokens)] {
             let Some(v) = view else { continue };
-            let values = [
-                (format!("x-ratelimit-limit-{name}"), v.limit.to_string()),
-                (
-                    format!("x-ratelimit-remaining-{name}"),
-                    v.remaining.to_string(),
-                ),
-                (
-                    format!("x-ratelimit-reset-{name}"),
-                    format_reset(v.reset_ms()),
-                ),
-            ];
-            for (k, v) in values {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                    out.push((k, v));
-                }
+            let [limit, remaining, reset] = names;
+            out.push((limit.clone(), HeaderValue::from(v.limit)));
+            out.push((remaining.clone(), HeaderValue::from(v.remaining)));
+            if let Ok(r) = HeaderValue::try_from(format_reset(v.reset_ms())) {
+                out.push((reset.clone(), r));
             }
         }
         out
     }
 }
+
+/// `x-ratelimit-{limit,remaining,reset}-requests`.
+const REQUESTS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+/// `x-ratelimit-{limit,remaining,reset}-tokens`.
+const TOKENS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -87,6 +87,10 @@ pub struct Tuning {
     /// records not yet shipped).
     #[arg(long)]
     pub no_journal: bool,
+    /// How often the usage journal is fsynced while written to (1-1000): the most a power loss
+    /// or kernel crash can take of it (a killed process loses nothing). Default 2.
+    #[arg(long)]
+    pub journal_sync_ms: Option<u64>,
 }
 
 fn ms(v: Option<u64>, into: &mut Duration) {
@@ -122,6 +126,13 @@ impl Tuning {
         ms(self.probe_interval_ms, &mut r.probe_interval);
         ms(self.admit_wait_ms, &mut s.quota.admit_wait);
         s.journal = !self.no_journal;
+        if let Some(v) = self.journal_sync_ms {
+            anyhow::ensure!(
+                (1..=1000).contains(&v),
+                "--journal-sync-ms must be between 1 and 1000 (milliseconds)"
+            );
+            s.journal_sync = Duration::from_millis(v);
+        }
         if let Some(v) = self.lease_refresh_ms {
             anyhow::ensure!(
                 (100..=LEASE_TTL_MS / 2).contains(&v),
