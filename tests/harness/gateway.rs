@@ -236,7 +236,18 @@ impl Stack {
         models: impl Fn(&[String]) -> Vec<ModelDef>,
         gateway_flags: &[&str],
     ) -> Stack {
-        let cluster = Cluster::start(1, 10_000);
+        Stack::start_with(n_mocks, models, gateway_flags, false).await
+    }
+
+    /// [`Stack::start`]; with `tls`, the store runs mutual TLS and the gateway connects with
+    /// the `gateway` certificate.
+    pub async fn start_with(
+        n_mocks: usize,
+        models: impl Fn(&[String]) -> Vec<ModelDef>,
+        gateway_flags: &[&str],
+        tls: bool,
+    ) -> Stack {
+        let cluster = Cluster::start_with(1, 10_000, tls);
         let dir = cluster.dir.path().to_path_buf();
         let mocks: Vec<(String, Proc)> = (0..n_mocks)
             .map(|i| {
@@ -291,6 +302,9 @@ impl Stack {
             "--data-dir".into(),
             dir.join("gateway").display().to_string(),
         ];
+        if let Some(c) = &cluster.certs {
+            args.extend(super::tls_args(c, "gateway", "--store"));
+        }
         args.extend(gateway_flags.iter().map(|s| s.to_string()));
         let gateway = Proc::spawn(&args, dir.join("gateway.log"));
         for (addr, p) in &mocks {

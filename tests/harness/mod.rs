@@ -99,12 +99,73 @@ pub struct Cluster {
     pub nodes: Vec<StoreProc>,
     pub token: String,
     pub peer_token: String,
+    /// Mutual TLS: the directory of `tollgate certs` output (ca.pem, store.pem, admin.pem, …);
+    /// nodes serve with `store`, the harness's clients use `admin`.
+    pub certs: Option<PathBuf>,
+}
+
+/// Runs `tollgate certs` to make a CA and a certificate per name (`name`, role) in `dir`.
+pub fn make_certs(dir: &Path, certs: &[(&str, &str)]) {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run tollgate certs");
+        assert!(
+            out.status.success(),
+            "tollgate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let d = dir.display().to_string();
+    run(&["certs", "init", "--dir", &d]);
+    for (name, role) in certs {
+        run(&[
+            "certs", "issue", "--dir", &d, "--role", role, "--name", name,
+        ]);
+    }
+}
+
+/// The TLS files of certificate `name` made by [`make_certs`] in `dir`.
+pub fn tls_files(dir: &Path, name: &str) -> tollgate_proto::tls::TlsFiles {
+    tollgate_proto::tls::TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    }
+}
+
+/// `<prefix>-ca <ca> <prefix>-cert <cert> <prefix>-key <key>` for certificate `name` in `dir`.
+pub fn tls_args(dir: &Path, name: &str, prefix: &str) -> Vec<String> {
+    let f = tls_files(dir, name);
+    [("ca", f.ca), ("cert", f.cert), ("key", f.key)]
+        .into_iter()
+        .flat_map(|(what, path)| [format!("{prefix}-{what}"), path.display().to_string()])
+        .collect()
 }
 
 impl Cluster {
     /// Starts `n` founding nodes with ids 1..=n.
     pub fn start(n: u64, snapshot_logs: u64) -> Cluster {
+        Cluster::start_with(n, snapshot_logs, false)
+    }
+
+    /// Starts `n` founding nodes; with `tls`, a CA and `store`, `admin` and `gateway`
+    /// certificates are made in `<dir>/certs` and the nodes run mutual TLS.
+    pub fn start_with(n: u64, snapshot_logs: u64, tls: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let certs = tls.then(|| {
+            let c = dir.path().join("certs");
+            make_certs(
+                &c,
+                &[
+                    ("store", "store"),
+                    ("admin", "admin"),
+                    ("gateway", "gateway"),
+                ],
+            );
+            c
+        });
         let token = secret::generate(secret::ADMIN_ENV);
         let addrs: BTreeMap<u64, String> = (1..=n)
             .map(|i| (i, format!("127.0.0.1:{}", free_port())))
@@ -120,6 +181,7 @@ impl Cluster {
             nodes: Vec::new(),
             token,
             peer_token,
+            certs,
         };
         for (id, addr) in &addrs {
             let extra = vec!["--initial-cluster".to_owned(), initial.clone()];
@@ -152,6 +214,9 @@ impl Cluster {
             "--peer-token".into(),
             self.peer_token.clone(),
         ];
+        if let Some(c) = &self.certs {
+            args.extend(tls_args(c, "store", "--tls"));
+        }
         args.extend(extra);
         let mut p = StoreProc {
             id,
@@ -174,7 +239,17 @@ impl Cluster {
     }
 
     pub fn client(&self) -> StoreClient {
-        StoreClient::new(self.addrs(), Some(self.token.clone())).expect("client")
+        self.with_tls(StoreClient::new(self.addrs(), Some(self.token.clone())).expect("client"))
+    }
+
+    /// The client speaking mutual TLS with the `admin` certificate when the cluster runs it.
+    fn with_tls(&self, c: StoreClient) -> StoreClient {
+        match &self.certs {
+            Some(dir) => c
+                .with_tls(&tls_files(dir, "admin"))
+                .expect("admin TLS files"),
+            None => c,
+        }
     }
 
     pub fn node(&mut self, id: u64) -> &mut StoreProc {
@@ -186,7 +261,8 @@ impl Cluster {
 
     /// One node's own status (not redirected), if it answers.
     pub async fn status_of(&self, addr: &str) -> Option<Value> {
-        let c = StoreClient::new(vec![addr.to_owned()], Some(self.token.clone())).ok()?;
+        let c =
+            self.with_tls(StoreClient::new(vec![addr.to_owned()], Some(self.token.clone())).ok()?);
         c.node_status_with(Some(addr), true).await.ok()
     }
 

@@ -10,7 +10,7 @@ use tollgate_proto::admin::*;
 use tollgate_proto::{ERROR_CODE_METADATA, LEADER_METADATA};
 use tollgate_types::ErrorCode;
 use tollgate_types::admin::{AdminOp, AdminQuery, AdminWriteResult};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// Deadline for one logical call, across redirects and retries.
 pub const CALL_DEADLINE_MS: u64 = 20_000;
@@ -67,16 +67,14 @@ impl ClientError {
 pub struct StoreClient {
     addrs: Vec<String>,
     token: Option<String>,
+    /// Client side of mutual TLS, when the store runs it.
+    tls: Option<ClientTlsConfig>,
 }
 
-fn channel(addr: &str) -> Result<Channel, ClientError> {
+fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, ClientError> {
     let dial = tollgate_types::faults::dial_addr(addr);
-    let ep = Endpoint::from_shared(format!("http://{dial}"))
-        .map_err(|e| {
-            ClientError::local(format!(
-                "'{addr}' is not a valid store address (host:port): {e}"
-            ))
-        })?
+    let ep = tollgate_proto::tls::store_endpoint(dial, tls)
+        .map_err(ClientError::local)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_millis(RPC_TIMEOUT_MS))
         .tcp_nodelay(true);
@@ -92,9 +90,19 @@ impl StoreClient {
             ));
         }
         for a in &addrs {
-            channel(a)?;
+            channel(a, None)?;
         }
-        Ok(StoreClient { addrs, token })
+        Ok(StoreClient {
+            addrs,
+            token,
+            tls: None,
+        })
+    }
+
+    /// Speaks mutual TLS to the store with these files (CA, own certificate and key).
+    pub fn with_tls(mut self, files: &tollgate_proto::tls::TlsFiles) -> Result<Self, ClientError> {
+        self.tls = Some(files.client_config().map_err(ClientError::local)?);
+        Ok(self)
     }
 
     fn request<T>(&self, body: T) -> tonic::Request<T> {
@@ -123,8 +131,8 @@ impl StoreClient {
             if start.elapsed() > Duration::from_millis(CALL_DEADLINE_MS) {
                 break;
             }
-            let client =
-                AdminClient::new(channel(&target)?).max_decoding_message_size(MESSAGE_BYTES_MAX);
+            let client = AdminClient::new(channel(&target, self.tls.as_ref())?)
+                .max_decoding_message_size(MESSAGE_BYTES_MAX);
             match f(client, self.request(body.clone())).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) => {
@@ -223,7 +231,7 @@ impl StoreClient {
         with_digest: bool,
     ) -> Result<R, ClientError> {
         let addr = addr.unwrap_or(&self.addrs[0]).to_owned();
-        let mut client = AdminClient::new(channel(&addr)?);
+        let mut client = AdminClient::new(channel(&addr, self.tls.as_ref())?);
         let resp = client
             .cluster_status(self.request(ClusterStatusRequest { with_digest }))
             .await

@@ -73,7 +73,11 @@ fn store_error(e: tollgate_client::ClientError) -> GwError {
 pub async fn usage_export(gw: &Gw, req: &Request<Incoming>) -> Result<Response<Body>, GwError> {
     let token = auth::bearer(req.headers())?.to_owned();
     let p = params(req.uri().query())?;
-    let client = StoreClient::new(gw.settings.store.clone(), Some(token)).map_err(store_error)?;
+    let mut client =
+        StoreClient::new(gw.settings.store.clone(), Some(token)).map_err(store_error)?;
+    if let Some(t) = &gw.settings.store_tls {
+        client = client.with_tls(t).map_err(store_error)?;
+    }
     let page: Vec<Value> = client
         .read(&AdminQuery::UsageExport {
             since_seq: p.since_seq,

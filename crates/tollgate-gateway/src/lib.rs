@@ -40,6 +40,8 @@ pub struct Gw {
     pub journal: Option<Arc<journal::Journal>>,
     pub idempotency: idempotency::Idempotency,
     pub metrics: Arc<metrics::Metrics>,
+    /// The client side of mutual TLS to the store, when configured.
+    pub store_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The journal's syncer thread and its stop flag.
@@ -99,6 +101,10 @@ pub async fn start_with(
         source,
     })?;
     let tls = server::tls_acceptor(&settings)?;
+    let store_tls = match &settings.store_tls {
+        Some(t) => Some(t.client_config().map_err(StartError::Tls)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -135,6 +141,7 @@ pub async fn start_with(
         settings.store.clone(),
         settings.store_token.clone(),
         holder.clone(),
+        store_tls.clone(),
     );
     let gw = Arc::new(Gw {
         router: router::Router::new(settings.routing.clone()),
@@ -149,6 +156,7 @@ pub async fn start_with(
         settler,
         journal: journal.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
+        store_tls,
     });
     let (stop, stop_rx) = signal::channel(false);
     let tasks = vec![

@@ -27,6 +27,8 @@ pub struct Settings {
     pub journal: bool,
     /// How often the journal is `fdatasync`ed while written to: what a power loss can take.
     pub journal_sync: std::time::Duration,
+    /// Mutual TLS to the store (the cluster CA, this gateway's certificate and key).
+    pub store_tls: Option<tollgate_proto::tls::TlsFiles>,
 }
 
 /// Size and connection limits on the customer listener.
@@ -150,6 +152,7 @@ impl Settings {
             quota: crate::quota::QuotaSettings::default(),
             journal: true,
             journal_sync: crate::journal::SYNC_EVERY,
+            store_tls: None,
         }
     }
 }

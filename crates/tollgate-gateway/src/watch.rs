@@ -11,7 +11,6 @@ use std::time::Duration;
 use tollgate_proto::quota::WatchConfigRequest;
 use tollgate_proto::quota::quota_client::QuotaClient;
 use tollgate_types::config::GatewayConfig;
-use tonic::transport::Endpoint;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -48,8 +47,7 @@ pub async fn run(gw: Arc<Gw>, mut stop: tokio::sync::watch::Receiver<bool>) {
 
 async fn follow(gw: &Arc<Gw>, addr: &str) -> Result<(), String> {
     let dial = tollgate_types::faults::dial_addr(addr);
-    let channel = Endpoint::from_shared(format!("http://{dial}"))
-        .map_err(|e| format!("bad store address: {e}"))?
+    let channel = tollgate_proto::tls::store_endpoint(dial, gw.store_tls.as_ref())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

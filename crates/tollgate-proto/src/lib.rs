@@ -1,14 +1,18 @@
 //! Generated tonic/prost code for Tollgate's gRPC services: `raft` (store ↔ store), `admin`
 //! (operators and billing), `quota` (gateways). Sources in the workspace's `proto/` folder.
+//! [`tls`]: the mutual TLS every party of the store's port shares.
 
-#![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod tls;
 
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod raft {
     tonic::include_proto!("tollgate.raft.v1");
 }
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod admin {
     tonic::include_proto!("tollgate.admin.v1");
 }
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod quota {
     tonic::include_proto!("tollgate.quota.v1");
 }

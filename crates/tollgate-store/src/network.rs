@@ -19,7 +19,7 @@ use tollgate_proto::raft::{
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::{Interceptor, interceptor::InterceptedService};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// Bytes per snapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -80,13 +80,16 @@ impl Interceptor for PeerToken {
 pub struct Network {
     channels: Arc<Mutex<BTreeMap<NodeId, (String, Channel)>>>,
     token: PeerToken,
+    /// This node's client side of mutual TLS (its store certificate), when configured.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Network {
-    pub fn new(token: PeerToken) -> Network {
+    pub fn new(token: PeerToken, tls: Option<ClientTlsConfig>) -> Network {
         Network {
             channels: Arc::default(),
             token,
+            tls,
         }
     }
 
@@ -100,17 +103,18 @@ impl Network {
         {
             return Ok(ch.clone());
         }
-        let ch = peer_channel(addr)?;
+        let ch = peer_channel(addr, self.tls.as_ref())?;
         map.insert(target, (addr.to_owned(), ch.clone()));
         Ok(ch)
     }
 }
 
-/// A lazily connecting channel to a peer's gRPC address (`host:port`).
-pub fn peer_channel(addr: &str) -> Result<Channel, String> {
+/// A lazily connecting channel to a peer's gRPC address (`host:port`), over mutual TLS when
+/// `tls` is given.
+pub fn peer_channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, String> {
     let dial = tollgate_types::faults::dial_addr(addr);
-    let ep = Endpoint::from_shared(format!("http://{dial}"))
-        .map_err(|e| format!("bad peer address {addr}: {e}"))?
+    let ep = tollgate_proto::tls::store_endpoint(dial, tls)
+        .map_err(|e| format!("peer {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_MS))

@@ -78,6 +78,8 @@ pub struct StoreConfig {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) after this many applied entries.
     pub snapshot_logs: u64,
+    /// Mutual TLS on the gRPC port and to peers (this node's store certificate and the CA).
+    pub tls: Option<tollgate_proto::tls::TlsFiles>,
 }
 
 impl StoreConfig {
@@ -101,6 +103,7 @@ impl StoreConfig {
             election_timeout_min_ms: 1500,
             election_timeout_max_ms: 3000,
             snapshot_logs: 10_000,
+            tls: None,
         }
     }
 
@@ -136,6 +139,14 @@ pub struct StoreNode {
 impl StoreNode {
     pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreNode> {
         let peer_token = PeerToken::new(&cfg.peer_token).map_err(anyhow::Error::msg)?;
+        // read the TLS files before anything starts: a bad path or PEM fails the start
+        let (server_tls, peer_tls) = match &cfg.tls {
+            Some(t) => (
+                Some(t.server_config().map_err(anyhow::Error::msg)?),
+                Some(t.client_config().map_err(anyhow::Error::msg)?),
+            ),
+            None => (None, None),
+        };
         std::fs::create_dir_all(&cfg.data_dir)?;
         let durable = Durable::open(&cfg.data_dir)?;
         let log = LogStore::open(durable.clone())?;
@@ -144,17 +155,24 @@ impl StoreNode {
         let raft = Raft::new(
             cfg.node_id,
             std::sync::Arc::new(cfg.raft_config()?),
-            Network::new(peer_token.clone()),
+            Network::new(peer_token.clone(), peer_tls),
             log,
             sm,
         )
         .await?;
-        let ctx = NodeCtx::new(cfg.node_id, raft.clone(), handle);
+        let ctx = NodeCtx::new(cfg.node_id, raft.clone(), handle).with_mtls(cfg.tls.is_some());
 
         let listener = TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
-        let server = tokio::spawn(serve(listener, ctx.clone(), durable, peer_token, rx));
+        let server = tokio::spawn(serve(
+            listener,
+            ctx.clone(),
+            durable,
+            peer_token,
+            server_tls,
+            rx,
+        ));
 
         let mut bootstrap = None;
         if let Some(members) = &cfg.initial_cluster {
@@ -209,9 +227,10 @@ async fn serve(
     ctx: NodeCtx,
     durable: Durable,
     peer_token: PeerToken,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     stop: oneshot::Receiver<()>,
 ) {
-    let raft_svc = RaftServer::new(RaftService::new(ctx.raft.clone(), peer_token))
+    let raft_svc = RaftServer::new(RaftService::new(ctx.raft.clone(), peer_token, ctx.mtls))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let admin = AdminServer::new(AdminService::new(ctx.clone(), durable))
@@ -223,7 +242,17 @@ async fn serve(
     // nodelay on every accepted socket: `Server::tcp_nodelay` does not apply to a caller's
     // listener, and HTTP/2 writes headers and data separately (a 40 ms Nagle/delayed-ACK stall)
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        builder = match builder.tls_config(t) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "store TLS configuration refused; not serving");
+                return;
+            }
+        };
+    }
+    let result = builder
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .add_service(raft_svc)
         .add_service(admin)

@@ -9,7 +9,7 @@ use tollgate_proto::quota::AcquireRequest;
 use tollgate_proto::quota::quota_client::QuotaClient;
 use tollgate_proto::{ERROR_CODE_METADATA, LEADER_METADATA};
 use tollgate_types::lease::{AcquireBody, AcquireResult};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// Why an `Acquire` failed.
 #[derive(Debug)]
@@ -53,16 +53,24 @@ pub struct StoreRpc {
     pub holder: String,
     channels: Mutex<HashMap<String, Channel>>,
     leader: Mutex<Option<String>>,
+    /// The client side of mutual TLS, when the store runs it.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl StoreRpc {
-    pub fn new(addrs: Vec<String>, token: Option<String>, holder: String) -> StoreRpc {
+    pub fn new(
+        addrs: Vec<String>,
+        token: Option<String>,
+        holder: String,
+        tls: Option<ClientTlsConfig>,
+    ) -> StoreRpc {
         StoreRpc {
             addrs,
             token,
             holder,
             channels: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
+            tls,
         }
     }
 
@@ -72,8 +80,7 @@ impl StoreRpc {
             return Ok(c.clone());
         }
         let dial = tollgate_types::faults::dial_addr(addr);
-        let c = Endpoint::from_shared(format!("http://{dial}"))
-            .map_err(|e| format!("bad store address {addr}: {e}"))?
+        let c = tollgate_proto::tls::store_endpoint(dial, self.tls.as_ref())?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -11,6 +11,7 @@ use openraft::{BasicNode, ChangeMembers};
 use std::collections::BTreeSet;
 use tollgate_ledger::{Command, Outcome};
 use tollgate_proto::admin::*;
+use tollgate_proto::tls::{Role as TlsRole, require_role};
 use tollgate_types::admin::{AdminOp, AdminQuery, AdminWriteResult};
 use tollgate_types::config::{AdminTokenRecord, ApiKeyRecord, KeyStatus};
 use tollgate_types::error::{ApiError, ErrorCode};
@@ -26,6 +27,18 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(ctx: NodeCtx, durable: Durable) -> AdminService {
         AdminService { ctx, durable }
+    }
+
+    /// Under mutual TLS: admin and store certificates may call the admin service; a gateway
+    /// certificate only its reads (`read`: the usage export a gateway serves over HTTP), never
+    /// writes or membership. Tokens are checked on top.
+    fn require_cert<T>(&self, req: &Request<T>, read: bool) -> Result<(), Status> {
+        let roles: &[TlsRole] = if read {
+            &[TlsRole::Admin, TlsRole::Store, TlsRole::Gateway]
+        } else {
+            &[TlsRole::Admin, TlsRole::Store]
+        };
+        require_role(req, self.ctx.mtls, roles)
     }
 
     fn require_leader(&self) -> Result<(), Status> {
@@ -59,6 +72,7 @@ impl AdminService {
     }
 
     async fn authorize_admin<T>(&self, req: &Request<T>, need: Role) -> Result<(), Status> {
+        self.require_cert(req, need == Role::Viewer)?;
         self.require_leader()?;
         self.ctx.linearizable().await?;
         let actor = admin_actor(req, &self.ctx.sm)?;
@@ -242,6 +256,7 @@ fn json_response<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
 #[tonic::async_trait]
 impl admin_server::Admin for AdminService {
     async fn write(&self, req: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+        self.require_cert(&req, false)?;
         self.require_leader()?;
         let actor = admin_actor(&req, &self.ctx.sm)?;
         let body = req.into_inner();
@@ -297,6 +312,7 @@ impl admin_server::Admin for AdminService {
         &self,
         req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.require_cert(&req, false)?;
         let actor = admin_actor(&req, &self.ctx.sm)?;
         authorize_read(&actor, &self.ctx.sm, Role::Viewer)?;
         let with_digest = req.get_ref().with_digest;

@@ -33,6 +33,8 @@ pub struct NodeCtx {
     pub sm: SmHandle,
     last_ts: Arc<AtomicU64>,
     proposer: Proposer,
+    /// The listener runs mutual TLS: callers' certificates decide which services they may use.
+    pub mtls: bool,
 }
 
 impl NodeCtx {
@@ -44,7 +46,14 @@ impl NodeCtx {
             raft,
             sm,
             last_ts: Arc::new(AtomicU64::new(0)),
+            mtls: false,
         }
+    }
+
+    /// Callers' certificate roles are checked (the listener runs mutual TLS).
+    pub fn with_mtls(mut self, on: bool) -> NodeCtx {
+        self.mtls = on;
+        self
     }
 
     /// The leader's store timestamp: wall clock, but never behind the state machine's clock or

@@ -9,6 +9,7 @@ use futures::Stream;
 use std::pin::Pin;
 use tollgate_ledger::{Actor, Command, Outcome};
 use tollgate_proto::quota::*;
+use tollgate_proto::tls::{Role as TlsRole, require_role};
 use tollgate_types::config::GatewayConfig;
 use tollgate_types::error::{ApiError, ErrorCode};
 use tollgate_types::lease::{AcquireBody, AcquireResult};
@@ -30,6 +31,8 @@ impl QuotaService {
 
     /// Checks the caller's token (operator role) and returns it, for callers that re-check later.
     fn authorize<T>(&self, req: &Request<T>) -> Result<Actor, Status> {
+        // under mutual TLS only gateway certificates reach config, leases and usage
+        require_role(req, self.ctx.mtls, &[TlsRole::Gateway])?;
         let actor = admin_actor(req, &self.ctx.sm)?;
         authorize_read(&actor, &self.ctx.sm, Role::Operator)?;
         Ok(actor)

@@ -14,15 +14,19 @@ pub const SNAPSHOT_BYTES_MAX: usize = 4 << 30;
 pub struct RaftService {
     raft: Raft,
     token: PeerToken,
+    /// Mutual TLS on the listener: the caller must also hold a store certificate.
+    mtls: bool,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, token: PeerToken) -> RaftService {
-        RaftService { raft, token }
+    pub fn new(raft: Raft, token: PeerToken, mtls: bool) -> RaftService {
+        RaftService { raft, token, mtls }
     }
 
-    /// Only cluster members (holders of the peer token) may speak Raft to this node.
+    /// Only cluster members (holders of the peer token and, under mutual TLS, of a store
+    /// certificate) may speak Raft to this node.
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        tollgate_proto::tls::require_role(req, self.mtls, &[tollgate_proto::tls::Role::Store])?;
         if self.token.verify(req) {
             Ok(())
         } else {

@@ -32,6 +32,10 @@ pub struct GatewayArgs {
     /// PEM private key.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Mutual TLS to the store: `--store-ca`, `--store-cert`, `--store-key` (a gateway
+    /// certificate from `tollgate certs issue --role gateway`).
+    #[command(flatten)]
+    pub store_tls: super::StoreTlsArgs,
     #[command(flatten)]
     pub tuning: Tuning,
     #[command(flatten)]
@@ -168,6 +172,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     args.hooks.install()?;
     let mut s = Settings::new(args.listen, args.store, args.data_dir);
     s.store_token = args.store_token;
+    s.store_tls = args.store_tls.files()?;
     if let Some(id) = args.gateway_id {
         check_gateway_id(&id)?;
         s.gateway_id = id;

@@ -1,6 +1,7 @@
 //! Command-line interface: subcommands and the shared connection flags.
 
 mod admin_cmd;
+mod certs_cmd;
 mod chaos_cmd;
 mod cluster_cmd;
 mod dev_cmd;
@@ -48,6 +49,8 @@ pub enum Command {
     Usage(usage_cmd::UsageArgs),
     /// Run fault scenarios against a real local cluster and check the invariants.
     Chaos(chaos_cmd::ChaosArgs),
+    /// Make a cluster CA and role certificates for mutual TLS on the store's port.
+    Certs(certs_cmd::CertsArgs),
 }
 
 /// How to reach the store.
@@ -64,6 +67,8 @@ pub struct Conn {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: StoreTlsArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub output: output::Format,
@@ -71,7 +76,38 @@ pub struct Conn {
 
 impl Conn {
     pub fn client(&self) -> anyhow::Result<StoreClient> {
-        Ok(StoreClient::new(self.store.clone(), self.token.clone())?)
+        let client = StoreClient::new(self.store.clone(), self.token.clone())?;
+        Ok(match self.tls.files()? {
+            Some(files) => client.with_tls(&files)?,
+            None => client,
+        })
+    }
+}
+
+/// Mutual TLS to the store (when it runs with `--tls-*`): the cluster CA and this party's
+/// certificate and key (`tollgate certs`).
+#[derive(Args, Clone, Default)]
+pub struct StoreTlsArgs {
+    /// The cluster CA certificate (PEM) that signed the store's certificate.
+    #[arg(long, env = "TOLLGATE_STORE_CA", global = true)]
+    pub store_ca: Option<std::path::PathBuf>,
+    /// This party's certificate (PEM), signed by the cluster CA.
+    #[arg(long, env = "TOLLGATE_STORE_CERT", global = true)]
+    pub store_cert: Option<std::path::PathBuf>,
+    /// This party's private key (PEM).
+    #[arg(long, env = "TOLLGATE_STORE_KEY", global = true)]
+    pub store_key: Option<std::path::PathBuf>,
+}
+
+impl StoreTlsArgs {
+    pub fn files(&self) -> anyhow::Result<Option<tollgate_proto::tls::TlsFiles>> {
+        tollgate_proto::tls::TlsFiles::from_parts(
+            "--store",
+            self.store_ca.clone(),
+            self.store_cert.clone(),
+            self.store_key.clone(),
+        )
+        .map_err(anyhow::Error::msg)
     }
 }
 
@@ -94,5 +130,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(a) => cluster_cmd::run(a).await,
         Command::Usage(a) => usage_cmd::run(a).await,
         Command::Chaos(a) => chaos_cmd::run(a).await,
+        Command::Certs(a) => certs_cmd::run(a),
     }
 }

@@ -39,6 +39,17 @@ pub struct StoreArgs {
     /// Admin token used by --join.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Cluster CA certificate (PEM): with --tls-cert and --tls-key, the node serves mutual TLS
+    /// (every caller needs a certificate from this CA; roles per certificate) and speaks TLS to
+    /// its peers.
+    #[arg(long, env = "TOLLGATE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), role store (`tollgate certs issue --role store`).
+    #[arg(long, env = "TOLLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "TOLLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Snapshot (and purge the log) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_logs: u64,
@@ -80,6 +91,13 @@ impl StoreArgs {
         cfg.advertise = self.advertise.clone();
         cfg.bootstrap_admin_token = self.bootstrap_admin_token.clone();
         cfg.snapshot_logs = self.snapshot_logs.max(10);
+        cfg.tls = tollgate_proto::tls::TlsFiles::from_parts(
+            "--tls",
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
         if let Some(ic) = &self.initial_cluster {
             let members = parse_members(ic)?;
             if !members.contains_key(&self.node_id) {
@@ -97,6 +115,7 @@ impl StoreArgs {
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     args.hooks.install()?;
     let cfg = args.config()?;
+    let cfg_tls = cfg.tls.clone();
     let mut node = StoreNode::start(cfg)
         .await
         .context("starting the store node")?;
@@ -122,7 +141,10 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             .advertise
             .clone()
             .unwrap_or_else(|| node.addr.to_string());
-        let client = StoreClient::new(vec![join.clone()], args.token.clone())?;
+        let mut client = StoreClient::new(vec![join.clone()], args.token.clone())?;
+        if let Some(tls) = &cfg_tls {
+            client = client.with_tls(tls)?;
+        }
         let _: serde_json::Value = client
             .add_node(node.id, &advertise)
             .await
