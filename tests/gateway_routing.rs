@@ -30,11 +30,23 @@ async fn traffic_moves_off_a_failing_endpoint_to_its_peer() {
         assert_eq!(s.chat(chat_body(2, false)).status, 200);
     }
     s.behave(0, json!({"fail_rate": 1.0, "fail_status": 500}));
-    // every request still succeeds: a failed attempt is retried on the peer
+    // p2c between two endpoints always picks the cheaper one: make the healthy peer slow for a
+    // moment, so that its peak-EWMA cost jumps above the failing endpoint's and the failing
+    // one is tried (deterministically, not whenever the peer's latency happens to spike)
+    s.behave(1, json!({"ttft_ms": 300}));
+    let before = s.stats(0)["requests"].as_u64().expect("requests");
+    let mut tried = false;
     for _ in 0..10 {
+        // every request still succeeds: a failed attempt is retried on the peer
         let r = s.chat(chat_body(2, false));
         assert_eq!(r.status, 200, "{}", r.body);
+        if s.stats(0)["requests"].as_u64() > Some(before) {
+            tried = true;
+            break;
+        }
     }
+    assert!(tried, "the failing endpoint was never tried");
+    s.behave(1, json!({"ttft_ms": 0}));
     let seen_by_0 = s.stats(0)["requests"].as_u64().expect("requests");
     for _ in 0..20 {
         let r = s.chat(chat_body(2, false));

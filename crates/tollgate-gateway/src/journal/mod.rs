@@ -29,7 +29,7 @@ use tollgate_types::usage::UsageRecord;
 /// Group-commit interval of the syncer: the power-loss window.
 pub const SYNC_EVERY: Duration = Duration::from_millis(2);
 /// A segment is closed and a new one started beyond this size.
-pub const SEGMENT_BYTES: usize = 64 << 20;
+pub const SEGMENT_BYTES: usize = 16 << 20;
 const CURSOR: &str = "cursor";
 
 struct Writer {
@@ -100,6 +100,13 @@ fn segments_in(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// zeroed, never-written end of a preallocated segment is not torn.
 fn torn_len(tail: &[u8]) -> usize {
     tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
+}
+
+/// The first `len` bytes of a file (of the live segment: what was written of it).
+fn read_prefix(path: &Path, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(path)?.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {
@@ -366,10 +373,10 @@ impl Journal {
             if segments.get(i + 1).is_some_and(|(next, _)| *next <= from) {
                 continue; // holds only entries before `from`
             }
-            let mut buf = read_file(path)?;
-            if let Some((_, used)) = live.filter(|(s, _)| s == start) {
-                buf.truncate(used);
-            }
+            let buf = match live.filter(|(s, _)| s == start) {
+                Some((_, used)) => read_prefix(path, used as u64)?,
+                None => read_file(path)?,
+            };
             let (entries, _) = frame::decode_all(&buf);
             for e in entries {
                 if let Entry::Settled { seq, record } = e

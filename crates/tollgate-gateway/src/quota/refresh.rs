@@ -74,7 +74,8 @@ pub(crate) struct Call {
     id: String,
     body: AcquireBody,
     sent: Sent,
-    batch: ship::Batch,
+    /// Journal sequence numbers of the usage records in `body`.
+    seqs: Vec<u64>,
     /// Taken before the first send: a grant's lifetime counts from here (conservative).
     t0: Instant,
     config_gen: u64,
@@ -104,7 +105,7 @@ impl Quota {
         let (mut body, sent) = self.build_acquire(closing);
         let limit = self.batch_limit.load(Ordering::Relaxed);
         let batch = self.shipper.take_batch(limit, sent.budget);
-        body.usage = batch.records.clone();
+        body.usage = batch.records;
         if body.wants.is_empty() && body.returns.is_empty() && body.usage.is_empty() {
             self.refreshed(n);
             return;
@@ -113,7 +114,7 @@ impl Quota {
             id: uuid::Uuid::now_v7().to_string(),
             body,
             sent,
-            batch,
+            seqs: batch.seqs,
             t0: mono_now(),
             config_gen: self.config_gen.load(Ordering::Acquire),
         };
@@ -124,7 +125,7 @@ impl Quota {
     /// Sends `call` and applies the answer; false when no answer came (the call is then kept
     /// pending, or given up once too old).
     async fn send(&self, rpc: &StoreRpc, call: Call) -> bool {
-        let shipped = call.batch.records.len();
+        let shipped = call.body.usage.len();
         match rpc.acquire(&call.body, &call.id).await {
             Ok(res) => {
                 self.store_ok.store(true, Ordering::Relaxed);
@@ -133,7 +134,7 @@ impl Quota {
                     mono_now().saturating_duration_since(call.t0).as_millis() as u64,
                     Ordering::Relaxed,
                 );
-                self.shipper.acked(&call.batch, &res.acks);
+                self.shipper.acked(&call.seqs, &call.body.usage, &res.acks);
                 let current = self.config_gen.load(Ordering::Acquire) == call.config_gen;
                 self.apply(&res, call.t0, &call.sent, current);
                 if shipped > 0 {
@@ -155,7 +156,7 @@ impl Quota {
                     // too old to repeat safely: records ship again (deduplicated per record);
                     // the overruns are reported again (at worst counted twice as debt)
                     tracing::error!(request_id = %call.id, "giving up an unanswered lease refresh");
-                    self.shipper.requeue(call.batch);
+                    self.shipper.requeue(call.seqs, call.body.usage);
                     self.restore_overruns(&call.sent);
                 }
                 false
@@ -163,7 +164,7 @@ impl Quota {
             Err(e @ AcquireError::Refused(_)) => {
                 self.stats.refresh_failed.fetch_add(1, Ordering::Relaxed);
                 // the store applied nothing: everything the call carried is still ours
-                self.shipper.requeue(call.batch);
+                self.shipper.requeue(call.seqs, call.body.usage);
                 self.restore_overruns(&call.sent);
                 self.restore_returns(&call.sent);
                 // the store is there but refused this call: ship fewer records next time

@@ -44,11 +44,12 @@ struct Queue {
     spilled_from: Option<u64>,
 }
 
-/// A batch taken for shipping.
+/// A batch taken for shipping: the records (moved into the `Acquire` body, not copied) and
+/// their journal sequence numbers (kept with the call, to move the cursor once acknowledged).
 #[derive(Debug, Default)]
 pub struct Batch {
     pub records: Vec<UsageRecord>,
-    seqs: Vec<u64>,
+    pub seqs: Vec<u64>,
 }
 
 pub struct Shipper {
@@ -171,17 +172,17 @@ impl Shipper {
         out
     }
 
-    /// Puts an unshipped batch back at the front, in order.
-    pub fn requeue(&self, batch: Batch) {
+    /// Puts an unshipped batch (its sequence numbers and records) back at the front, in order.
+    pub fn requeue(&self, seqs: Vec<u64>, records: Vec<UsageRecord>) {
         let mut q = self.q();
-        for pair in batch.seqs.into_iter().zip(batch.records).rev() {
+        for pair in seqs.into_iter().zip(records).rev() {
             q.q.push_front(pair);
         }
     }
 
     /// The store answered for a shipped batch: count, and move the journal's cursor.
-    pub fn acked(&self, batch: &Batch, acks: &[UsageAck]) {
-        for (r, a) in batch.records.iter().zip(acks) {
+    pub fn acked(&self, seqs: &[u64], records: &[UsageRecord], acks: &[UsageAck]) {
+        for (r, a) in records.iter().zip(acks) {
             match a {
                 UsageAck::Accepted { .. } | UsageAck::Duplicate { .. } => {
                     self.shipped.fetch_add(1, Ordering::Relaxed);
@@ -206,7 +207,7 @@ impl Shipper {
                 }
             }
         }
-        if let (Some(j), Some(max)) = (&self.journal, batch.seqs.iter().max())
+        if let (Some(j), Some(max)) = (&self.journal, seqs.iter().max())
             && let Err(e) = j.ack(*max)
         {
             tracing::error!(error = %e, "moving the journal cursor");
