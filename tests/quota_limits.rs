@@ -839,7 +839,8 @@ async fn an_unanswered_acquire_is_sent_again_so_no_grant_is_stranded() {
     assert_eq!(
         held,
         0,
-        "units left held in the store: {:?}",
-        fleet.buckets().await
+        "units left held in the store: {:?}\ngateway log:\n{}",
+        fleet.buckets().await,
+        gw.log_text()
     );
 }

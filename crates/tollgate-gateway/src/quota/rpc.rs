@@ -31,6 +31,10 @@ impl std::fmt::Display for AcquireError {
 
 /// Whether a gRPC status without a Tollgate error code may succeed on a retry.
 fn transient(code: tonic::Code) -> bool {
+    // a status without the store's error code came from the transport, not from the store's
+    // answer: the call may well have been applied, so it must not count as refused (a refused
+    // call is dropped, and a grant it committed would be stranded). An HTTP/2 stream or
+    // connection reset surfaces as `Internal` (h2 protocol/internal error) or `Unknown`.
     matches!(
         code,
         tonic::Code::Unavailable
@@ -38,6 +42,7 @@ fn transient(code: tonic::Code) -> bool {
             | tonic::Code::Cancelled
             | tonic::Code::Aborted
             | tonic::Code::Unknown
+            | tonic::Code::Internal
     )
 }
 
