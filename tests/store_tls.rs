@@ -62,6 +62,7 @@ async fn a_cluster_replicates_over_mutual_tls_and_each_role_stays_in_its_lane() 
             gateway_id: "intruder".into(),
             request_id: "r1".into(),
             body_json: b"{}".to_vec(),
+            ..Default::default()
         })
         .await
         .expect_err("an admin certificate may not acquire leases");

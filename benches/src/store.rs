@@ -84,7 +84,7 @@ fn records(key: &str, batch: usize) -> anyhow::Result<Vec<u8>> {
             })
         })
         .collect();
-    Ok(serde_json::to_vec(&recs?)?)
+    tollgate_proto::wire::encode(&recs?).map_err(anyhow::Error::msg)
 }
 
 /// What to send.
@@ -122,8 +122,9 @@ async fn limits(client: &StoreClient) -> anyhow::Result<Vec<LimitKey>> {
     Ok(keys)
 }
 
-fn acquire_body(keys: &[LimitKey], records_json: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let usage: Vec<UsageRecord> = serde_json::from_slice(records_json)?;
+fn acquire_body(keys: &[LimitKey], records_bin: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let usage: Vec<UsageRecord> =
+        tollgate_proto::wire::decode(records_bin).map_err(anyhow::Error::msg)?;
     let body = AcquireBody {
         usage,
         returns: vec![],
@@ -137,7 +138,7 @@ fn acquire_body(keys: &[LimitKey], records_json: &[u8]) -> anyhow::Result<Vec<u8
             })
             .collect(),
     };
-    Ok(serde_json::to_vec(&body)?)
+    tollgate_proto::wire::encode(&body).map_err(anyhow::Error::msg)
 }
 
 pub async fn run(
@@ -171,15 +172,16 @@ pub async fn run(
         let keys = keys.clone();
         let request_id = format!("b-{c}-{seq}-{}", uuid::Uuid::new_v4().simple());
         async move {
-            let Ok(records_json) = body else { return false };
+            let Ok(records_bin) = body else { return false };
             if acquire {
-                let Ok(body_json) = acquire_body(&keys, &records_json) else {
+                let Ok(body_bin) = acquire_body(&keys, &records_bin) else {
                     return false;
                 };
                 let mut req = tonic::Request::new(AcquireRequest {
                     gateway_id: format!("load-{c}"),
                     request_id,
-                    body_json,
+                    body_bin,
+                    ..Default::default()
                 });
                 req.metadata_mut().insert("authorization", auth);
                 return q.acquire(req).await.is_ok();
@@ -187,7 +189,8 @@ pub async fn run(
             let mut req = tonic::Request::new(RecordUsageRequest {
                 gateway_id: "load".into(),
                 request_id,
-                records_json,
+                records_bin,
+                ..Default::default()
             });
             req.metadata_mut().insert("authorization", auth);
             q.record_usage(req).await.is_ok()

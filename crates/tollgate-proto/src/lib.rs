@@ -1,8 +1,10 @@
 //! Generated tonic/prost code for Tollgate's gRPC services: `raft` (store ↔ store), `admin`
 //! (operators and billing), `quota` (gateways). Sources in the workspace's `proto/` folder.
-//! [`tls`]: the mutual TLS every party of the store's port shares.
+//! [`tls`]: the mutual TLS every party of the store's port shares; [`wire`]: the binary bodies of
+//! the quota RPCs.
 
 pub mod tls;
+pub mod wire;
 
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod raft {

@@ -10,6 +10,7 @@ use tollgate_ledger::UsageAck;
 use tollgate_proto::quota::{
     AcquireRequest, RecordUsageRequest, WatchConfigRequest, quota_client::QuotaClient,
 };
+use tollgate_proto::wire;
 use tollgate_store::node::{StoreConfig, StoreNode};
 use tollgate_types::admin::AdminOp;
 use tollgate_types::config::{GatewayConfig, Org, OrgStatus, Project};
@@ -201,6 +202,7 @@ async fn watch_usage_and_leases_over_grpc() {
         gateway_id: gw.into(),
         request_id: format!("acq-{gw}"),
         body_json: want.to_string().into_bytes(),
+        ..Default::default()
     };
     let g1: AcquireResult = serde_json::from_slice(
         &q.acquire(with_token(acquire("gw1"), &token))
@@ -225,6 +227,7 @@ async fn watch_usage_and_leases_over_grpc() {
         gateway_id: "gw1".into(),
         request_id: rid.into(),
         records_json: serde_json::to_vec(&recs).expect("json"),
+        ..Default::default()
     };
     let batch = vec![record(&key_id, "r1", 50), record(&key_id, "r2", 60)];
     let acks = |bytes: Vec<u8>| -> Vec<UsageAck> { serde_json::from_slice(&bytes).expect("acks") };
@@ -281,6 +284,53 @@ async fn watch_usage_and_leases_over_grpc() {
         .acks_json,
     );
     assert_eq!(conflict, vec![UsageAck::Conflict { seq: 1 }]);
+
+    // the binary encoding gateways send (tollgate_proto::wire) means the same: a repeat of
+    // acquire "acq-gw1" in binary gets the first outcome, in binary; records in binary dedup
+    // against the same records sent as JSON; a malformed binary body is refused with its field
+    let body: tollgate_types::lease::AcquireBody =
+        serde_json::from_value(want.clone()).expect("body");
+    let bin_acquire = AcquireRequest {
+        gateway_id: "gw1".into(),
+        request_id: "acq-gw1".into(),
+        body_bin: wire::encode(&body).expect("encode"),
+        ..Default::default()
+    };
+    let answer = q
+        .acquire(with_token(bin_acquire, &token))
+        .await
+        .expect("acquire")
+        .into_inner();
+    assert!(answer.result_json.is_empty());
+    let g1_bin: AcquireResult = wire::decode(&answer.result_bin).expect("binary result");
+    assert_eq!((g1_bin.grants, g1_bin.acks), (g1.grants, g1.acks));
+    let bin_usage = RecordUsageRequest {
+        gateway_id: "gw1".into(),
+        request_id: "b4".into(),
+        records_bin: wire::encode(&vec![record(&key_id, "r2", 60)]).expect("encode"),
+        ..Default::default()
+    };
+    let acks_bin: Vec<UsageAck> = wire::decode(
+        &q.record_usage(with_token(bin_usage, &token))
+            .await
+            .expect("usage")
+            .into_inner()
+            .acks_bin,
+    )
+    .expect("binary acks");
+    assert_eq!(acks_bin, vec![UsageAck::Duplicate { seq: 2 }]);
+    let garbage = RecordUsageRequest {
+        gateway_id: "gw1".into(),
+        request_id: "b5".into(),
+        records_bin: vec![0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40],
+        ..Default::default()
+    };
+    let refused = q
+        .record_usage(with_token(garbage, &token))
+        .await
+        .expect_err("a malformed binary body");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("records_bin"), "{refused:?}");
 
     let ledger: serde_json::Value = admin
         .read(&tollgate_types::admin::AdminQuery::UsageExport {

@@ -113,7 +113,7 @@ impl StoreRpc {
         body: &AcquireBody,
         request_id: &str,
     ) -> Result<AcquireResult, AcquireError> {
-        let json = serde_json::to_vec(body)
+        let bin = tollgate_proto::wire::encode(body)
             .map_err(|e| AcquireError::Refused(format!("encoding acquire: {e}")))?;
         let deadline = Instant::now() + CALL_DEADLINE;
         let mut next = 0usize;
@@ -131,7 +131,8 @@ impl StoreRpc {
             let mut req = tonic::Request::new(AcquireRequest {
                 gateway_id: self.holder.clone(),
                 request_id: request_id.to_owned(),
-                body_json: json.clone(),
+                body_bin: bin.clone(),
+                ..Default::default()
             });
             if let Some(t) = &self.token
                 && let Ok(v) = format!("Bearer {t}").parse()
@@ -142,9 +143,9 @@ impl StoreRpc {
             match tokio::time::timeout(RPC_TIMEOUT, client.acquire(req)).await {
                 Ok(Ok(resp)) => {
                     self.set_leader(Some(addr));
-                    return serde_json::from_slice(&resp.into_inner().result_json).map_err(|e| {
-                        AcquireError::Refused(format!("undecodable acquire result: {e}"))
-                    });
+                    return tollgate_proto::wire::decode(&resp.into_inner().result_bin).map_err(
+                        |e| AcquireError::Refused(format!("undecodable acquire result: {e}")),
+                    );
                 }
                 Ok(Err(status)) => {
                     let code = status

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use tollgate_ledger::{Actor, Command, Outcome};
 use tollgate_proto::quota::*;
 use tollgate_proto::tls::{Role as TlsRole, require_role};
+use tollgate_proto::wire;
 use tollgate_types::config::GatewayConfig;
 use tollgate_types::error::{ApiError, ErrorCode};
 use tollgate_types::lease::{AcquireBody, AcquireResult};
@@ -77,18 +78,41 @@ impl QuotaService {
     }
 }
 
-fn outcome_json(outcome: Outcome, store_ts_ms: u64) -> Result<Vec<u8>, Status> {
+/// The answer in the encoding the request came in (binary: `tollgate_proto::wire`).
+fn answer<T: serde::Serialize>(value: &T, binary: bool) -> Result<Vec<u8>, Status> {
+    if binary {
+        wire::encode(value).map_err(Status::internal)
+    } else {
+        serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// A request body in either encoding: `bin` when set, else `json`.
+#[allow(clippy::result_large_err)]
+fn body<T: serde::de::DeserializeOwned>(what: &str, json: &[u8], bin: &[u8]) -> Result<T, Status> {
+    if bin.is_empty() {
+        return serde_json::from_slice(json).map_err(|e| bad_json(what, &e));
+    }
+    wire::decode(bin).map_err(|e| {
+        api_status(ApiError::invalid(
+            format!("{what}_bin"),
+            format!("{what}_bin is not valid: {e}"),
+        ))
+    })
+}
+
+fn outcome_bytes(outcome: Outcome, store_ts_ms: u64, binary: bool) -> Result<Vec<u8>, Status> {
     match outcome {
         Outcome::Error(e) => Err(api_status(e)),
-        Outcome::Leases { grants, acks } => serde_json::to_vec(&AcquireResult {
-            store_ts_ms,
-            grants,
-            acks,
-        })
-        .map_err(|e| Status::internal(e.to_string())),
-        Outcome::Usage { acks } => {
-            serde_json::to_vec(&acks).map_err(|e| Status::internal(e.to_string()))
-        }
+        Outcome::Leases { grants, acks } => answer(
+            &AcquireResult {
+                store_ts_ms,
+                grants,
+                acks,
+            },
+            binary,
+        ),
+        Outcome::Usage { acks } => answer(&acks, binary),
         other => Err(api_status(ApiError::new(
             ErrorCode::Internal,
             format!("unexpected outcome {other:?}"),
@@ -142,8 +166,8 @@ impl quota_server::Quota for QuotaService {
         self.authorize(&req)?;
         let body = req.into_inner();
         let actor = self.gateway_actor(&body.gateway_id)?;
-        let parsed: AcquireBody =
-            serde_json::from_slice(&body.body_json).map_err(|e| bad_json("body", &e))?;
+        let binary = !body.body_bin.is_empty();
+        let parsed: AcquireBody = self::body("body", &body.body_json, &body.body_bin)?;
         let cmd = Command::Acquire {
             gateway: body.gateway_id,
             wants: parsed.wants,
@@ -151,8 +175,17 @@ impl quota_server::Quota for QuotaService {
             usage: parsed.usage,
         };
         let (outcome, _, ts) = self.ctx.write_stamped(body.request_id, actor, cmd).await?;
-        Ok(Response::new(AcquireResponse {
-            result_json: outcome_json(outcome, ts)?,
+        let bytes = outcome_bytes(outcome, ts, binary)?;
+        Ok(Response::new(if binary {
+            AcquireResponse {
+                result_bin: bytes,
+                ..Default::default()
+            }
+        } else {
+            AcquireResponse {
+                result_json: bytes,
+                ..Default::default()
+            }
         }))
     }
 
@@ -163,14 +196,24 @@ impl quota_server::Quota for QuotaService {
         self.authorize(&req)?;
         let body = req.into_inner();
         let actor = self.gateway_actor(&body.gateway_id)?;
+        let binary = !body.records_bin.is_empty();
         let records: Vec<UsageRecord> =
-            serde_json::from_slice(&body.records_json).map_err(|e| bad_json("records", &e))?;
+            self::body("records", &body.records_json, &body.records_bin)?;
         let (outcome, _, ts) = self
             .ctx
             .write_stamped(body.request_id, actor, Command::RecordUsage { records })
             .await?;
-        Ok(Response::new(RecordUsageResponse {
-            acks_json: outcome_json(outcome, ts)?,
+        let bytes = outcome_bytes(outcome, ts, binary)?;
+        Ok(Response::new(if binary {
+            RecordUsageResponse {
+                acks_bin: bytes,
+                ..Default::default()
+            }
+        } else {
+            RecordUsageResponse {
+                acks_json: bytes,
+                ..Default::default()
+            }
         }))
     }
 }
