@@ -135,6 +135,45 @@ fn tls_flags_come_all_three_or_not_at_all() {
 }
 
 #[test]
+fn a_store_with_unreadable_or_malformed_tls_files_does_not_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let start = |ca: &str, cert: &str, key: &str| {
+        let out = std::process::Command::new(harness::BIN)
+            .args([
+                "store",
+                "--node-id",
+                "1",
+                "--listen",
+                &format!("127.0.0.1:{}", harness::free_port()),
+                "--data-dir",
+                &d("node"),
+                "--initial-cluster",
+                "1=127.0.0.1:1",
+                "--peer-token",
+                "0123456789abcdef0123456789abcdef",
+                "--tls-ca",
+                ca,
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                key,
+            ])
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "started with bad TLS files");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = start(&d("ca.pem"), &d("c.pem"), &d("k.pem"));
+    assert!(err.contains("reading the certificate"), "{err}");
+    for f in ["ca.pem", "c.pem", "k.pem"] {
+        std::fs::write(dir.path().join(f), "not a PEM file\n").expect("write");
+    }
+    let err = start(&d("ca.pem"), &d("c.pem"), &d("k.pem"));
+    assert!(err.contains("TLS"), "{err}");
+}
+
+#[test]
 fn certs_refuses_to_replace_a_ca_or_issue_an_unknown_role() {
     let dir = tempfile::tempdir().expect("tempdir");
     harness::make_certs(dir.path(), &[("n1", "store")]);

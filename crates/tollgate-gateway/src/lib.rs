@@ -102,7 +102,13 @@ pub async fn start_with(
     })?;
     let tls = server::tls_acceptor(&settings)?;
     let store_tls = match &settings.store_tls {
-        Some(t) => Some(t.client_config().map_err(StartError::Tls)?),
+        Some(t) => {
+            let config = t.client_config().map_err(StartError::Tls)?;
+            // the certificate and key are parsed here: a bad file fails the start, not each call
+            tollgate_proto::tls::store_endpoint("127.0.0.1:1", Some(&config))
+                .map_err(StartError::Tls)?;
+            Some(config)
+        }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(settings.listen)

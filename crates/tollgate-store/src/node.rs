@@ -8,6 +8,7 @@ use crate::server::quota_svc::QuotaService;
 use crate::server::raft_svc::RaftService;
 use crate::storage::{Durable, LogStore, StateMachineStore};
 use crate::types::{NodeId, Raft};
+use anyhow::Context as _;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,12 +141,16 @@ impl StoreNode {
     pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreNode> {
         let peer_token = PeerToken::new(&cfg.peer_token).map_err(anyhow::Error::msg)?;
         // read the TLS files before anything starts: a bad path or PEM fails the start
-        let (server_tls, peer_tls) = match &cfg.tls {
-            Some(t) => (
-                Some(t.server_config().map_err(anyhow::Error::msg)?),
-                Some(t.client_config().map_err(anyhow::Error::msg)?),
-            ),
-            None => (None, None),
+        let mut server = tonic::transport::Server::builder();
+        let peer_tls = match &cfg.tls {
+            Some(t) => {
+                let config = t.server_config().map_err(anyhow::Error::msg)?;
+                server = server
+                    .tls_config(config)
+                    .context("the TLS files (--tls-ca, --tls-cert, --tls-key)")?;
+                Some(t.client_config().map_err(anyhow::Error::msg)?)
+            }
+            None => None,
         };
         std::fs::create_dir_all(&cfg.data_dir)?;
         let durable = Durable::open(&cfg.data_dir)?;
@@ -166,11 +171,11 @@ impl StoreNode {
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel();
         let server = tokio::spawn(serve(
+            server,
             listener,
             ctx.clone(),
             durable,
             peer_token,
-            server_tls,
             rx,
         ));
 
@@ -223,11 +228,11 @@ impl StoreNode {
 }
 
 async fn serve(
+    server: tonic::transport::Server,
     listener: TcpListener,
     ctx: NodeCtx,
     durable: Durable,
     peer_token: PeerToken,
-    tls: Option<tonic::transport::ServerTlsConfig>,
     stop: oneshot::Receiver<()>,
 ) {
     let raft_svc = RaftServer::new(RaftService::new(ctx.raft.clone(), peer_token, ctx.mtls))
@@ -242,17 +247,7 @@ async fn serve(
     // nodelay on every accepted socket: `Server::tcp_nodelay` does not apply to a caller's
     // listener, and HTTP/2 writes headers and data separately (a 40 ms Nagle/delayed-ACK stall)
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(t) = tls {
-        builder = match builder.tls_config(t) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "store TLS configuration refused; not serving");
-                return;
-            }
-        };
-    }
-    let result = builder
+    let result = server
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .add_service(raft_svc)
         .add_service(admin)
