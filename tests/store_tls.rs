@@ -111,26 +111,32 @@ async fn a_gateway_with_its_certificate_gets_config_leases_and_ships_usage_over_
     }
 }
 
-#[test]
-fn tls_flags_come_all_three_or_not_at_all() {
+/// Runs a one-node `tollgate store` with `extra` flags that must make it refuse to start;
+/// returns its stderr.
+fn store_refuses(data_dir: &str, extra: &[&str]) -> String {
+    let listen = format!("127.0.0.1:{}", harness::free_port());
     let out = std::process::Command::new(harness::BIN)
         .args([
             "store",
             "--node-id",
             "1",
             "--listen",
-            "127.0.0.1:1",
+            &listen,
             "--data-dir",
-            "/nonexistent",
-            "--peer-token",
-            "0123456789abcdef0123456789abcdef",
-            "--tls-ca",
-            "ca.pem",
+            data_dir,
         ])
+        .args(["--initial-cluster", "1=127.0.0.1:1"])
+        .args(["--peer-token", "0123456789abcdef0123456789abcdef"])
+        .args(extra)
         .output()
         .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with {extra:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn tls_flags_come_all_three_or_not_at_all() {
+    let err = store_refuses("/nonexistent", &["--tls-ca", "ca.pem"]);
     assert!(err.contains("--tls-ca, --tls-cert and --tls-key"), "{err}");
 }
 
@@ -139,30 +145,10 @@ fn a_store_with_unreadable_or_malformed_tls_files_does_not_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = |f: &str| dir.path().join(f).display().to_string();
     let start = |ca: &str, cert: &str, key: &str| {
-        let out = std::process::Command::new(harness::BIN)
-            .args([
-                "store",
-                "--node-id",
-                "1",
-                "--listen",
-                &format!("127.0.0.1:{}", harness::free_port()),
-                "--data-dir",
-                &d("node"),
-                "--initial-cluster",
-                "1=127.0.0.1:1",
-                "--peer-token",
-                "0123456789abcdef0123456789abcdef",
-                "--tls-ca",
-                ca,
-                "--tls-cert",
-                cert,
-                "--tls-key",
-                key,
-            ])
-            .output()
-            .expect("run");
-        assert!(!out.status.success(), "started with bad TLS files");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        store_refuses(
+            &d("node"),
+            &["--tls-ca", ca, "--tls-cert", cert, "--tls-key", key],
+        )
     };
     let err = start(&d("ca.pem"), &d("c.pem"), &d("k.pem"));
     assert!(err.contains("reading the certificate"), "{err}");
