@@ -13,13 +13,16 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_tracing(args.log.as_deref());
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // TOLLGATE_WORKER_THREADS: async worker threads (default: one per core)
-    if let Some(n) = std::env::var("TOLLGATE_WORKER_THREADS")
+    // TOLLGATE_WORKER_THREADS: async worker threads (default: one per core); 0 runs one event
+    // loop on the main thread (tokio's current-thread runtime: no wake-ups between workers)
+    let threads = std::env::var("TOLLGATE_WORKER_THREADS")
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut builder = match threads {
+        Some(0) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = threads.filter(|n| *n > 0) {
         builder.worker_threads(n);
     }
     let runtime = match builder.enable_all().build() {
