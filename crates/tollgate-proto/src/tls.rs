@@ -3,9 +3,10 @@
 //! nodes, `gateway.tollgate` for gateways, `admin.tollgate` for operators and billing tools).
 //! Store nodes serve with their certificate and require a client certificate from the same CA
 //! on every connection; clients verify the store by the name `store.tollgate`, whatever address
-//! they dial. Services then check the caller's role ([`caller_role`]): Raft RPCs only from
-//! store nodes, quota RPCs (config watch, leases, usage) only from gateways, admin RPCs only
-//! from admin certificates — on top of the tokens each already requires.
+//! they dial. Services then check the caller's roles ([`require_role`]): Raft RPCs only from
+//! store nodes, quota RPCs (config watch, leases, usage) only from gateways, admin writes and
+//! membership from admin or store certificates, admin reads also from gateways — on top of the
+//! tokens each already requires. A certificate that names several roles has each of them.
 
 use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -102,15 +103,24 @@ impl TlsFiles {
     }
 }
 
-/// The role the caller's (already CA-verified) client certificate names, if any.
-pub fn caller_role<T>(req: &tonic::Request<T>) -> Option<Role> {
-    let certs = req.peer_certs()?;
-    let leaf = certs.first()?;
-    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-    Role::ALL.into_iter().find(|r| {
-        rustls_pki_types::ServerName::try_from(r.dns_name())
-            .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-    })
+/// The roles the caller's (already CA-verified) client certificate names; none without one.
+pub fn caller_roles<T>(req: &tonic::Request<T>) -> Vec<Role> {
+    let Some(certs) = req.peer_certs() else {
+        return Vec::new();
+    };
+    let Some(cert) = certs
+        .first()
+        .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+    else {
+        return Vec::new();
+    };
+    Role::ALL
+        .into_iter()
+        .filter(|r| {
+            rustls_pki_types::ServerName::try_from(r.dns_name())
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        })
+        .collect()
 }
 
 /// Refuses a caller whose certificate is of none of the roles `allowed` when the listener runs
@@ -124,25 +134,29 @@ pub fn require_role<T>(
     if !tls {
         return Ok(());
     }
-    let names = || {
-        allowed
+    let names = |roles: &[Role]| {
+        roles
             .iter()
             .map(|r| r.as_str())
             .collect::<Vec<_>>()
             .join(" or ")
     };
-    match caller_role(req) {
-        Some(r) if allowed.contains(&r) => Ok(()),
-        Some(r) => Err(tonic::Status::permission_denied(format!(
-            "a {} certificate may not make this call (it needs a {} certificate)",
-            r.as_str(),
-            names()
-        ))),
-        None => Err(tonic::Status::permission_denied(format!(
-            "this call needs a client certificate of role {}",
-            names()
-        ))),
+    let held = caller_roles(req);
+    if held.iter().any(|r| allowed.contains(r)) {
+        return Ok(());
     }
+    Err(tonic::Status::permission_denied(if held.is_empty() {
+        format!(
+            "this call needs a client certificate of role {}",
+            names(allowed)
+        )
+    } else {
+        format!(
+            "a {} certificate may not make this call (it needs a {} certificate)",
+            names(&held),
+            names(allowed)
+        )
+    }))
 }
 
 /// An endpoint for dialing a store at `dial` (`host:port`): `https` with the client side of

@@ -78,12 +78,14 @@ impl QuotaService {
     }
 }
 
-/// The answer in the encoding the request came in (binary: `tollgate_proto::wire`).
-fn answer<T: serde::Serialize>(value: &T, binary: bool) -> Result<Vec<u8>, Status> {
+/// The answer in the encoding the request came in, as the response's (JSON, binary) fields:
+/// one is set, the other empty.
+fn answer<T: serde::Serialize>(value: &T, binary: bool) -> Result<(Vec<u8>, Vec<u8>), Status> {
     if binary {
-        wire::encode(value).map_err(Status::internal)
+        Ok((Vec::new(), wire::encode(value).map_err(Status::internal)?))
     } else {
-        serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))
+        let json = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+        Ok((json, Vec::new()))
     }
 }
 
@@ -101,7 +103,11 @@ fn body<T: serde::de::DeserializeOwned>(what: &str, json: &[u8], bin: &[u8]) -> 
     })
 }
 
-fn outcome_bytes(outcome: Outcome, store_ts_ms: u64, binary: bool) -> Result<Vec<u8>, Status> {
+fn outcome_bytes(
+    outcome: Outcome,
+    store_ts_ms: u64,
+    binary: bool,
+) -> Result<(Vec<u8>, Vec<u8>), Status> {
     match outcome {
         Outcome::Error(e) => Err(api_status(e)),
         Outcome::Leases { grants, acks } => answer(
@@ -175,17 +181,10 @@ impl quota_server::Quota for QuotaService {
             usage: parsed.usage,
         };
         let (outcome, _, ts) = self.ctx.write_stamped(body.request_id, actor, cmd).await?;
-        let bytes = outcome_bytes(outcome, ts, binary)?;
-        Ok(Response::new(if binary {
-            AcquireResponse {
-                result_bin: bytes,
-                ..Default::default()
-            }
-        } else {
-            AcquireResponse {
-                result_json: bytes,
-                ..Default::default()
-            }
+        let (result_json, result_bin) = outcome_bytes(outcome, ts, binary)?;
+        Ok(Response::new(AcquireResponse {
+            result_json,
+            result_bin,
         }))
     }
 
@@ -203,17 +202,10 @@ impl quota_server::Quota for QuotaService {
             .ctx
             .write_stamped(body.request_id, actor, Command::RecordUsage { records })
             .await?;
-        let bytes = outcome_bytes(outcome, ts, binary)?;
-        Ok(Response::new(if binary {
-            RecordUsageResponse {
-                acks_bin: bytes,
-                ..Default::default()
-            }
-        } else {
-            RecordUsageResponse {
-                acks_json: bytes,
-                ..Default::default()
-            }
+        let (acks_json, acks_bin) = outcome_bytes(outcome, ts, binary)?;
+        Ok(Response::new(RecordUsageResponse {
+            acks_json,
+            acks_bin,
         }))
     }
 }
