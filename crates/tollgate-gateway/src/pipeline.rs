@@ -417,7 +417,7 @@ async fn admit(
         quota: gw.quota.clone(),
         settler: gw.settler.clone(),
         metrics: gw.metrics.clone(),
-        gateway: gw.settings.gateway_id.clone(),
+        gateway: gw.settings.gateway_id.as_str().into(),
     };
     let reserved = crate::journal::record::Reserved {
         request_id: rid.clone(),
@@ -425,7 +425,7 @@ async fn admit(
         project: caller.key.project.clone(),
         key: caller.key.id.clone(),
         model: v.model.def.name.clone(),
-        gateway: gw.settings.gateway_id.clone(),
+        gateway: gw.settings.gateway_id.as_str().into(),
         input_estimate: v.input_estimate,
         max_output: v.max_output,
         price: v.model.def.price,

@@ -8,7 +8,7 @@ use crate::state::{State, Touched};
 use serde::{Deserialize, Serialize};
 use tollgate_types::RequestId;
 use tollgate_types::error::ApiError;
-use tollgate_types::limits::{Dimension, Limit};
+use tollgate_types::limits::{Dimension, Limit, covering};
 use tollgate_types::usage::UsageRecord;
 
 /// Most records in one `RecordUsage`.
@@ -214,12 +214,12 @@ impl State {
         // store's clock), not the one it happens to arrive in after a period boundary
         let now = self.clock_ms;
         let admitted = id_time_ms(r.request_id.as_str()).map_or(now, |t| t.min(now));
-        let applicable: Vec<(tollgate_types::limits::LimitKey, u64, u64)> = self
-            .limits
-            .values()
-            .filter(|l| kind(l.dimension) == Kind::Volume && applies_to(l, r))
-            .filter_map(|l| usage_amount(l.dimension, r).map(|a| (l.key(), l.limit, a)))
-            .collect();
+        let applicable: Vec<(tollgate_types::limits::LimitKey, u64, u64)> =
+            covering(&self.limits, &r.org, &r.project, &r.key)
+                .map(|(_, l)| l)
+                .filter(|l| kind(l.dimension) == Kind::Volume && applies_to(l, r))
+                .filter_map(|l| usage_amount(l.dimension, r).map(|a| (l.key(), l.limit, a)))
+                .collect();
         for (key, limit, amount) in applicable {
             let bucket_id = (key.clone(), bucket_period(key.dimension, admitted));
             self.settle_into(holder, bucket_id.clone(), limit, amount);

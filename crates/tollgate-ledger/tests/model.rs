@@ -73,7 +73,7 @@ fn budget_key() -> LimitKey {
 
 fn record(rid: u8, tokens: u64, gateway: u8) -> UsageRecord {
     UsageRecord {
-        gateway: format!("gw{gateway}"),
+        gateway: format!("gw{gateway}").into(),
         cost_micros: tokens,
         ..testkit::usage(&format!("r{rid}"), tokens / 2, tokens - tokens / 2)
     }

@@ -1,5 +1,6 @@
 //! Validated identifiers. Every id that reaches the state machine went through `parse`.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -56,9 +57,10 @@ fn check_slug(kind: &'static str, value: &str, allow_upper_and_slash: bool) -> R
 macro_rules! slug_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $loose:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-        #[serde(try_from = "String")]
-        pub struct $name(String);
+        /// Held inline up to 24 bytes (`CompactString`): decoding or cloning a short id does not
+        /// allocate — the store decodes and clones several per usage record.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(CompactString);
 
         /// Serialized as its string, borrowed (`serde(into)` would clone it on every record).
         impl Serialize for $name {
@@ -67,10 +69,17 @@ macro_rules! slug_id {
             }
         }
 
+        /// Deserialized from a borrowed string where the format allows it, validated.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(IdVisitor(|v: &str| $name::parse(v)))
+            }
+        }
+
         impl $name {
             pub fn parse(value: &str) -> Result<Self, IdError> {
                 check_slug($kind, value, $loose)?;
-                Ok(Self(value.to_owned()))
+                Ok(Self(CompactString::new(value)))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -80,12 +89,12 @@ macro_rules! slug_id {
             type Error = IdError;
             fn try_from(value: String) -> Result<Self, IdError> {
                 check_slug($kind, &value, $loose)?;
-                Ok(Self(value))
+                Ok(Self(CompactString::from(value)))
             }
         }
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.into_string()
             }
         }
         impl fmt::Display for $name {
@@ -94,6 +103,19 @@ macro_rules! slug_id {
             }
         }
     };
+}
+
+/// Visits a string (borrowed or not) and validates it with `parse`.
+struct IdVisitor<F>(F);
+
+impl<'de, T, F: FnOnce(&str) -> Result<T, IdError>> serde::de::Visitor<'de> for IdVisitor<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an identifier string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
 }
 
 slug_id!(
@@ -143,5 +165,20 @@ mod tests {
         assert!(bad.is_err());
         let good: OrgId = serde_json::from_str("\"acme\"").expect("valid id");
         assert_eq!(good.as_str(), "acme");
+        // escaped (not borrowable) and long (not inline) strings go through the same check
+        let escaped: OrgId = serde_json::from_str("\"ac\\u006de\"").expect("valid id");
+        assert_eq!(escaped.as_str(), "acme");
+        let long = "0194f1c2-7a3b-7c4d-8e5f-0123456789ab";
+        let rid: RequestId = serde_json::from_value(serde_json::json!(long)).expect("valid id");
+        assert_eq!(rid.as_str(), long);
+        assert_eq!(
+            serde_json::to_value(&rid).ok(),
+            Some(serde_json::json!(long))
+        );
+        let too_long: Result<RequestId, _> =
+            serde_json::from_value(serde_json::json!("a".repeat(65)));
+        assert!(too_long.is_err());
+        let not_a_string: Result<OrgId, _> = serde_json::from_str("42");
+        assert!(not_a_string.is_err());
     }
 }

@@ -18,5 +18,7 @@ pub mod secret;
 pub mod usage;
 
 pub use amount::{MicroUnits, Tokens};
+/// Short strings held inline (ids, gateway names); see `ids`.
+pub use compact_str::CompactString;
 pub use error::{ApiError, ErrorCode, ErrorSource};
 pub use ids::{IdError, KeyId, ModelName, OrgId, ProjectId, RequestId};

@@ -3,6 +3,7 @@
 
 use crate::ids::{KeyId, ModelName, OrgId, ProjectId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Who a limit applies to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -27,6 +28,45 @@ impl Scope {
             Scope::Key { org: o, key: k } => o == org && k == key,
         }
     }
+}
+
+/// The entries of a map keyed by `LimitKey` whose scope is `scope`: one range of the map (keys
+/// sort by scope first), so finding a request's limits never scans every tenant's.
+pub fn in_scope<'a, V>(
+    map: &'a BTreeMap<LimitKey, V>,
+    scope: &Scope,
+) -> impl Iterator<Item = (&'a LimitKey, &'a V)> + use<'a, V> {
+    let first = LimitKey {
+        scope: scope.clone(),
+        model: None,
+        dimension: Dimension::RequestsPerMinute,
+    };
+    let scope = scope.clone();
+    map.range(first..)
+        .take_while(move |(k, _)| k.scope == scope)
+}
+
+/// The entries of a map keyed by `LimitKey` whose scope covers a request by `key` of `project`
+/// in `org` (its org's, its project's and its key's limits), in key order (scopes sort org <
+/// project < key, so the three ranges come out in the map's own order).
+pub fn covering<'a, V>(
+    map: &'a BTreeMap<LimitKey, V>,
+    org: &OrgId,
+    project: &ProjectId,
+    key: &KeyId,
+) -> impl Iterator<Item = (&'a LimitKey, &'a V)> + use<'a, V> {
+    let scopes = [
+        Scope::Org { org: org.clone() },
+        Scope::Project {
+            org: org.clone(),
+            project: project.clone(),
+        },
+        Scope::Key {
+            org: org.clone(),
+            key: key.clone(),
+        },
+    ];
+    scopes.into_iter().flat_map(move |s| in_scope(map, &s))
 }
 
 /// A calendar period for budgets, in UTC.
@@ -246,5 +286,68 @@ mod tests {
             }
             .covers(&org, &p, &k)
         );
+    }
+
+    #[test]
+    fn covering_finds_exactly_what_covers_finds() {
+        let id = |s: &str| OrgId::parse(s).expect("id");
+        let pid = |s: &str| ProjectId::parse(s).expect("id");
+        let kid = |s: &str| KeyId::parse(s).expect("id");
+        let dims = [
+            Dimension::RequestsPerMinute,
+            Dimension::ConcurrentRequests,
+            Dimension::TokenBudget {
+                period: Period::Month,
+            },
+            Dimension::MoneyBudget {
+                period: Period::Total,
+            },
+        ];
+        let models = [None, Some(ModelName::parse("m").expect("id"))];
+        let mut map = BTreeMap::new();
+        for o in ["a", "ab", "b"] {
+            let scopes = [
+                Scope::Org { org: id(o) },
+                Scope::Project {
+                    org: id(o),
+                    project: pid("p"),
+                },
+                Scope::Project {
+                    org: id(o),
+                    project: pid("q"),
+                },
+                Scope::Key {
+                    org: id(o),
+                    key: kid("k1"),
+                },
+                Scope::Key {
+                    org: id(o),
+                    key: kid("k2"),
+                },
+            ];
+            for scope in scopes {
+                for model in &models {
+                    for dimension in dims {
+                        let key = LimitKey {
+                            scope: scope.clone(),
+                            model: model.clone(),
+                            dimension,
+                        };
+                        map.insert(key, ());
+                    }
+                }
+            }
+        }
+        for o in ["a", "ab", "b", "c"] {
+            for p in ["p", "q", "r"] {
+                for k in ["k1", "k2", "k3"] {
+                    let (o, p, k) = (id(o), pid(p), kid(k));
+                    // same entries, same (key) order: the state machine's iteration is unchanged
+                    let fast: Vec<_> = covering(&map, &o, &p, &k).map(|(k, _)| k).collect();
+                    let slow: Vec<_> = map.keys().filter(|l| l.scope.covers(&o, &p, &k)).collect();
+                    assert_eq!(fast, slow, "{o} {p} {k}");
+                }
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ pub struct Reserved {
     pub project: ProjectId,
     pub key: KeyId,
     pub model: ModelName,
-    pub gateway: String,
+    pub gateway: tollgate_types::CompactString,
     pub input_estimate: u64,
     pub max_output: u64,
     pub price: Price,

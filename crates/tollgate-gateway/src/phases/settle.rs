@@ -56,7 +56,7 @@ pub struct Settlement {
     model: ModelName,
     price: tollgate_types::amount::Price,
     price_version: u64,
-    gateway: String,
+    gateway: tollgate_types::CompactString,
     started_at_ms: u64,
     input_estimate: u64,
 }
@@ -66,7 +66,7 @@ pub struct SettlementParts {
     pub quota: Arc<Quota>,
     pub settler: Arc<dyn Settler>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub gateway: String,
+    pub gateway: tollgate_types::CompactString,
 }
 
 impl Settlement {

@@ -1,13 +1,14 @@
 //! Which limits apply to a request: built once per config version, per API key (org, project
 //! and key limits, each optionally narrowed to a model), so admission does one lookup.
 
-use super::bucket::{Kind, LocalBucket, kind};
-use std::collections::{BTreeMap, HashMap};
+use super::bucket::{Cell, Kind, LocalBucket, kind};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tollgate_types::ModelName;
+use tollgate_types::OrgId;
 use tollgate_types::amount::Price;
 use tollgate_types::config::ApiKeyRecord;
-use tollgate_types::limits::{Dimension, Limit, LimitKey, Scope};
+use tollgate_types::limits::{Dimension, Limit, LimitKey, covering};
 
 /// A limit that applies to a key, with its local bucket (its key names the model, if any).
 #[derive(Debug, Clone)]
@@ -40,8 +41,15 @@ pub fn build(
     buckets: &mut BTreeMap<LimitKey, Arc<LocalBucket>>,
     now: std::time::Instant,
 ) -> Plan {
-    buckets.retain(|k, _| limits.iter().any(|l| &l.key() == k));
+    // lookups by key and org, not scans: a config of many tenants must not cost
+    // keys × limits at every change
+    let wanted: BTreeSet<LimitKey> = limits.iter().map(Limit::key).collect();
+    buckets.retain(|k, _| wanted.contains(k));
     let mut next = buckets.values().map(|b| b.order).max().map_or(0, |o| o + 1);
+    let mut cells: HashMap<OrgId, Arc<Cell>> = buckets
+        .values()
+        .map(|b| (b.key.scope.org().clone(), b.cell.clone()))
+        .collect();
     for l in limits {
         match buckets.get(&l.key()) {
             Some(b) => {
@@ -50,11 +58,7 @@ pub fn build(
             }
             None => {
                 // one cell per org: a request's limits then share one lock
-                let cell = buckets
-                    .values()
-                    .find(|b| b.key.scope.org() == l.scope.org())
-                    .map(|b| b.cell.clone())
-                    .unwrap_or_default();
+                let cell = cells.entry(l.scope.org().clone()).or_default().clone();
                 let b = LocalBucket::new(l.clone(), next, cell, now);
                 buckets.insert(l.key(), Arc::new(b));
                 next += 1;
@@ -63,14 +67,8 @@ pub fn build(
     }
     let mut plan = Plan::with_capacity(keys.len());
     for k in keys {
-        let mut list: Vec<Applies> = buckets
-            .values()
-            .filter(|b| match &b.key.scope {
-                Scope::Org { org } => org == &k.org,
-                Scope::Project { org, project } => org == &k.org && project == &k.project,
-                Scope::Key { org, key } => org == &k.org && key == &k.id,
-            })
-            .map(|b| Applies {
+        let mut list: Vec<Applies> = covering(buckets, &k.org, &k.project, &k.id)
+            .map(|(_, b)| Applies {
                 bucket: b.clone(),
                 dimension: b.key.dimension,
                 shadow: b.lock().limit.shadow,

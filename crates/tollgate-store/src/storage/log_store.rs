@@ -1,9 +1,11 @@
 //! The Raft log and vote in sled. Keys: `log` tree = big-endian index → encoded entry;
 //! `meta` tree = `vote`, `committed`, `last_purged`. Every write that openraft must be able to
 //! rely on (vote, append, truncate, purge) is synced before it is acknowledged: vote, truncate
-//! and purge inline, appends through the group-commit callback.
+//! and purge inline, appends through the group-commit callback. The last appended entries are
+//! also kept decoded in memory (`Recent`), where apply and replication read them.
 
 use super::durable::{Durable, ENTRY_BYTES_MAX, sled_err};
+use super::recent::Recent;
 use crate::codec::{decode, encode};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use openraft::entry::RaftEntry;
@@ -22,6 +24,7 @@ pub struct LogStore {
     durable: Durable,
     log: sled::Tree,
     meta: sled::Tree,
+    recent: Recent,
 }
 
 impl LogStore {
@@ -34,6 +37,7 @@ impl LogStore {
         let store = LogStore {
             log: durable.tree("raft_log")?,
             meta: durable.tree("raft_meta")?,
+            recent: Recent::default(),
             durable,
         };
         let mut in_log = 0;
@@ -84,6 +88,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
+        if let Some(entries) = self.recent.get(&range) {
+            return Ok(entries);
+        }
         let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
         let mut out = Vec::new();
         for item in self.log.range(range) {
@@ -147,6 +154,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         let mut logged = 0;
+        let mut kept = Vec::new();
         for entry in entries {
             let bytes = encode(&entry)?;
             if bytes.len() > ENTRY_BYTES_MAX {
@@ -160,9 +168,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 ));
             }
             logged += bytes.len() as u64;
+            let size = bytes.len() as u64;
             batch.insert(&entry.index().to_be_bytes(), bytes);
+            kept.push((entry, size));
         }
         self.log.apply_batch(batch).map_err(sled_err)?;
+        self.recent.appended(kept);
         self.durable.log_meter().add(logged);
         // readable now; reported durable by the group-commit thread after its next sync, so
         // Raft keeps replicating while the disk flushes
@@ -173,12 +184,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        self.recent.truncated(from);
         self.remove_range(from..)?;
         self.durable.sync().await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.meta_put(LAST_PURGED, &log_id)?;
+        self.recent.purged(log_id.index());
         self.remove_range(..=log_id.index())?;
         self.durable.sync().await
     }

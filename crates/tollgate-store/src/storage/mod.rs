@@ -6,6 +6,7 @@ mod archive_segment;
 mod durable;
 mod ledger_archive;
 mod log_store;
+mod recent;
 mod sm_store;
 mod snap_data;
 mod snapshot_file;
