@@ -12,6 +12,7 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tollgate_proto::raft::{
@@ -220,24 +221,71 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let header = encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        // this node's own snapshot gathers its ledger from the archive: disk reads
-        let bytes = tokio::task::spawn_blocking(move || snapshot.snapshot.into_transfer())
-            .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let mut frames = vec![SnapshotFrame {
+        // streamed: the ledger is read from the archive frame by frame on a blocking thread
+        // while earlier chunks are on the wire (a few chunks in memory, whatever its size)
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let header = SnapshotFrame {
             frame: Some(Frame::Header(header)),
-        }];
-        frames.extend(bytes.chunks(SNAPSHOT_CHUNK_BYTES).map(|c| SnapshotFrame {
-            frame: Some(Frame::Chunk(c.to_vec())),
-        }));
+        };
+        tx.try_send(header).map_err(|e| {
+            StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))
+        })?;
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut sink = ChunkSink {
+                tx,
+                buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES),
+            };
+            snapshot.snapshot.write_transfer(&mut sink)?;
+            sink.send_chunk()
+        });
         let mut client = self.client()?;
-        let send = client.install_snapshot(tokio_stream::iter(frames));
+        let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
         let resp = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => r.map_err(|s| StreamingError::from(status_error(self.target, &s)))?,
         };
+        // a read error on this side cut the stream short: report it rather than the
+        // receiver's complaint about a short transfer
+        producer
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         self.decode_reply(&resp.into_inner().data)
             .map_err(StreamingError::from)
+    }
+}
+
+/// Cuts the transfer bytes into `SNAPSHOT_CHUNK_BYTES` frames for the snapshot stream.
+struct ChunkSink {
+    tx: tokio::sync::mpsc::Sender<SnapshotFrame>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSink {
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+        self.tx
+            .blocking_send(SnapshotFrame {
+                frame: Some(Frame::Chunk(chunk)),
+            })
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "snapshot stream closed"))
+    }
+}
+
+impl io::Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(SNAPSHOT_CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= SNAPSHOT_CHUNK_BYTES {
+            self.send_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -235,9 +235,14 @@ async fn serve(
     peer_token: PeerToken,
     stop: oneshot::Receiver<()>,
 ) {
-    let raft_svc = RaftServer::new(RaftService::new(ctx.raft.clone(), peer_token, ctx.mtls))
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let raft_svc = RaftServer::new(RaftService::new(
+        ctx.raft.clone(),
+        peer_token,
+        ctx.mtls,
+        ctx.sm.incoming_dir().to_path_buf(),
+    ))
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let admin = AdminServer::new(AdminService::new(ctx.clone(), durable))
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(64 << 20);

@@ -10,7 +10,7 @@ use openraft::testing::log_id;
 use tollgate_ledger::testkit;
 use tollgate_ledger::usage::LedgerEntry;
 use tollgate_ledger::{Actor, Command, Request};
-use tollgate_store::storage::{Durable, SmHandle, SnapData, StateMachineStore};
+use tollgate_store::storage::{Durable, SmHandle, SnapData, StateMachineStore, TransferFile};
 use tollgate_store::types::{Entry, TypeConfig};
 use tollgate_types::secret::ClusterSecret;
 use tollgate_types::usage::UsageRecord;
@@ -105,14 +105,27 @@ async fn the_ledger_lives_in_the_archive_through_snapshots_and_restarts() {
         .expect("build");
     let current = a.get_current_snapshot().await.expect("read").expect("one");
     assert_eq!(current.meta, built.meta);
-    let sent = tokio::task::spawn_blocking(move || current.snapshot.into_transfer())
-        .await
-        .expect("join")
-        .expect("transfer bytes");
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        current.snapshot.write_transfer(&mut out).map(|()| out)
+    })
+    .await
+    .expect("join")
+    .expect("transfer bytes");
+    let incoming = tempfile::tempdir().expect("dir");
+    let received = |bytes: &[u8]| {
+        let file = TransferFile::from_bytes(incoming.path(), bytes).expect("transfer file");
+        SnapData::Received(file)
+    };
     let mut b = open(dir_b.path());
-    b.install_snapshot(&built.meta, SnapData::Received(sent.clone()))
+    b.install_snapshot(&built.meta, received(&sent))
         .await
         .expect("install");
+    assert_eq!(
+        std::fs::read_dir(incoming.path()).expect("ls").count(),
+        0,
+        "an installed transfer file is removed"
+    );
     assert_eq!(ledger(&b.handle()), written);
 
     // more usage after the snapshot, then a restart: the snapshot plus the replayed log
@@ -148,15 +161,20 @@ async fn the_ledger_lives_in_the_archive_through_snapshots_and_restarts() {
     let state_len = u64::from_le_bytes(sent[..8].try_into().expect("8 bytes")) as usize;
     let without_ledger = sent[..8 + state_len].to_vec();
     let err = b
-        .install_snapshot(&built.meta, SnapData::Received(without_ledger))
+        .install_snapshot(&built.meta, received(&without_ledger))
         .await
         .expect_err("a snapshot without its ledger");
     assert!(err.to_string().contains("does not match"), "{err}");
+    let err = b
+        .install_snapshot(&built.meta, received(&sent[..sent.len() - 3]))
+        .await
+        .expect_err("a transfer cut short");
+    assert!(err.to_string().contains("cut short"), "{err}");
     let mut bad = sent;
     let last = bad.len() - 1;
     bad[last] ^= 0x01;
     let err = b
-        .install_snapshot(&built.meta, SnapData::Received(bad))
+        .install_snapshot(&built.meta, received(&bad))
         .await
         .expect_err("a damaged ledger chunk");
     assert!(!err.to_string().is_empty());

@@ -2,25 +2,35 @@
 
 use crate::codec::{decode, encode};
 use crate::network::PeerToken;
-use crate::storage::SnapData;
+use crate::storage::{SnapData, TransferFile};
 use crate::types::{Raft, Snapshot, SnapshotMeta, Vote};
 use futures::StreamExt;
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
 use tollgate_proto::raft::{RaftPayload, SnapshotFrame, raft_server, snapshot_frame::Frame};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Largest snapshot a node accepts.
-pub const SNAPSHOT_BYTES_MAX: usize = 4 << 30;
+/// Largest snapshot a node accepts: the disk one transfer may take while it arrives (it is
+/// written to `incoming` chunk by chunk, never held in memory).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
 
 pub struct RaftService {
     raft: Raft,
     token: PeerToken,
     /// Mutual TLS on the listener: the caller must also hold a store certificate.
     mtls: bool,
+    /// Where snapshots from the leader are written as they arrive (`SmHandle::incoming_dir`).
+    incoming: PathBuf,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, token: PeerToken, mtls: bool) -> RaftService {
-        RaftService { raft, token, mtls }
+    pub fn new(raft: Raft, token: PeerToken, mtls: bool, incoming: PathBuf) -> RaftService {
+        RaftService {
+            raft,
+            token,
+            mtls,
+            incoming,
+        }
     }
 
     /// Only cluster members (holders of the peer token and, under mutual TLS, of a store
@@ -47,6 +57,10 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
 
 fn bad(e: std::io::Error) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+fn disk(e: std::io::Error) -> Status {
+    Status::internal(format!("writing the incoming snapshot: {e}"))
 }
 
 #[tonic::async_trait]
@@ -83,11 +97,14 @@ impl raft_server::Raft for RaftService {
             }
         };
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header).map_err(bad)?;
-        let mut data = Vec::new();
+        let (transfer, file) = TransferFile::create(&self.incoming).map_err(disk)?;
+        let mut file = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
+        let mut received = 0u64;
         while let Some(frame) = frames.next().await {
             match frame?.frame {
-                Some(Frame::Chunk(c)) if data.len() + c.len() <= SNAPSHOT_BYTES_MAX => {
-                    data.extend_from_slice(&c)
+                Some(Frame::Chunk(c)) if received + c.len() as u64 <= SNAPSHOT_BYTES_MAX => {
+                    received += c.len() as u64;
+                    file.write_all(&c).await.map_err(disk)?;
                 }
                 Some(Frame::Chunk(_)) => {
                     return Err(Status::resource_exhausted(
@@ -101,13 +118,15 @@ impl raft_server::Raft for RaftService {
                 }
             }
         }
+        file.flush().await.map_err(disk)?;
+        drop(file);
         reply(
             self.raft
                 .install_full_snapshot(
                     vote,
                     Snapshot {
                         meta,
-                        snapshot: SnapData::Received(data),
+                        snapshot: SnapData::Received(transfer),
                     },
                 )
                 .await,

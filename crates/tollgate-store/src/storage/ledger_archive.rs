@@ -185,25 +185,28 @@ impl LedgerArchive {
         Ok(out)
     }
 
-    /// The frames holding entries `1..=upto` as `(first seq, count, record)`, records as stored
-    /// (the last one cut at `upto`), for a snapshot sent to a follower.
-    pub fn raw_frames(&self, upto: u64) -> io::Result<Vec<(u64, u64, Vec<u8>)>> {
-        let mut out = Vec::new();
+    /// Hands `f` the frames holding entries `1..=upto` in order as `(first seq, count, record)`,
+    /// records as stored (the last one cut at `upto`), one at a time: a snapshot sent to a
+    /// follower streams them, however large the ledger.
+    pub fn each_raw_frame(
+        &self,
+        upto: u64,
+        mut f: impl FnMut(u64, u64, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
         self.each_frame(1, |path, frame| {
             if frame.first > upto {
                 return Ok(false);
             }
             let record = read_record(path, frame)?;
             if frame.last() <= upto {
-                out.push((frame.first, frame.count, record));
+                f(frame.first, frame.count, &record)?;
             } else {
                 let entries: Vec<LedgerEntry> = decode(&record)?;
                 let cut: Vec<_> = entries.into_iter().filter(|e| e.seq <= upto).collect();
-                out.push((frame.first, cut.len() as u64, encode(&cut)?));
+                f(frame.first, cut.len() as u64, &encode(&cut)?)?;
             }
             Ok(true)
-        })?;
-        Ok(out)
+        })
     }
 }
 
@@ -377,11 +380,14 @@ mod tests {
         assert_eq!(a.last_seq(), 300);
         assert_eq!(everything(&a), entries(1, 300));
         a.append(&entries(301, 310)).expect("append again");
-        let frames = a.raw_frames(305).expect("frames");
-        let shipped: Vec<LedgerEntry> = frames
-            .iter()
-            .flat_map(|(_, _, r)| decode::<Vec<LedgerEntry>>(r).expect("record decodes"))
-            .collect();
+        let mut shipped: Vec<LedgerEntry> = Vec::new();
+        a.each_raw_frame(305, |first, count, r| {
+            let got: Vec<LedgerEntry> = decode(r)?;
+            assert_eq!((got[0].seq, got.len() as u64), (first, count));
+            shipped.extend(got);
+            Ok(())
+        })
+        .expect("frames");
         assert_eq!(
             shipped,
             entries(1, 305),

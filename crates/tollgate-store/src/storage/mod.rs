@@ -15,4 +15,4 @@ pub use durable::{Durable, ENTRY_BYTES_MAX, LogMeter, sync_count};
 pub use ledger_archive::LedgerArchive;
 pub use log_store::LogStore;
 pub use sm_store::{SmData, SmHandle, StateMachineStore, snapshot_worth_it};
-pub use snap_data::SnapData;
+pub use snap_data::{SnapData, TransferFile};

@@ -6,7 +6,7 @@
 
 use super::durable::LogMeter;
 use super::ledger_archive::LedgerArchive;
-use super::snap_data::{SnapData, unpack};
+use super::snap_data::{self, SnapData};
 use super::snapshot_file::SnapshotFile;
 use crate::codec::decode;
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -15,7 +15,7 @@ use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::sync::watch;
 use tollgate_ledger::usage::LedgerEntry;
@@ -35,9 +35,17 @@ pub struct SmHandle {
     data: Arc<RwLock<SmData>>,
     config_version: watch::Sender<u64>,
     archive: LedgerArchive,
+    /// `<data-dir>/snapshot-incoming`: snapshots from the leader are written here as they
+    /// arrive (emptied at open: a transfer cut by a crash is useless).
+    incoming: PathBuf,
 }
 
 impl SmHandle {
+    /// Where snapshots received from the leader are written as they arrive.
+    pub fn incoming_dir(&self) -> &Path {
+        &self.incoming
+    }
+
     /// Runs `f` on the current state under the read lock (keep `f` short, no awaits inside).
     pub fn read<R>(&self, f: impl FnOnce(&SmData) -> R) -> R {
         let guard = self
@@ -99,10 +107,16 @@ impl StateMachineStore {
             // entry, so the archive starts empty too (DU-2)
             archive.clear()?;
         }
+        let incoming = data_dir.join("snapshot-incoming");
+        if incoming.exists() {
+            std::fs::remove_dir_all(&incoming)?;
+        }
+        std::fs::create_dir_all(&incoming)?;
         let handle = SmHandle {
             data: Arc::new(RwLock::new(SmData::default())),
             config_version: tx,
             archive,
+            incoming,
         };
         Ok(StateMachineStore {
             handle,
@@ -171,7 +185,7 @@ impl StateMachineStore {
         self.snapshots.write_state(&meta, data)?;
         Ok(Snapshot {
             meta,
-            snapshot: SnapData::Received(Vec::new()),
+            snapshot: SnapData::Built,
         })
     }
 }
@@ -278,21 +292,20 @@ impl StateMachineStore {
             .snapshot_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let bytes = match snapshot {
-            SnapData::Local { state, .. } if self.snapshots.current() == meta.last_log_id => {
-                return self.reopen(decode(&state)?);
-            }
-            // another store's snapshot handed over in process (openraft's storage suite)
-            local @ SnapData::Local { .. } => local.into_transfer()?,
-            SnapData::Received(bytes) => bytes,
-        };
-        let sent = unpack(&bytes)?;
-        self.archive().clear()?;
-        for (first, count, record) in &sent.frames {
-            self.archive().put_raw(*first, *count, record)?;
+        if let SnapData::Local { state, .. } = &snapshot
+            && self.snapshots.current() == meta.last_log_id
+        {
+            return self.reopen(decode(state)?);
         }
+        // from the leader, or another store's handed over in process (openraft's storage suite)
+        let file = snapshot.into_file(&self.handle.incoming)?;
+        let sent = snap_data::verify(file.path())?;
+        self.archive().clear()?;
+        snap_data::each_chunk(file.path(), &sent, |first, count, record| {
+            self.archive().put_raw(first, count, record)
+        })?;
         self.archive().sync()?;
-        self.snapshots.write(meta, sent.state_bytes)?;
+        self.snapshots.write(meta, &sent.state_bytes)?;
         Ok(sent.data)
     }
 
