@@ -16,17 +16,12 @@ struct Cli<'a> {
 impl Cli<'_> {
     /// Runs `tollgate <args>`; returns (success, stdout, stderr).
     fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
-            .args(args)
-            .env("TOLLGATE_STORE", &self.store)
-            .env("TOLLGATE_ADMIN_TOKEN", self.token)
-            .output()
-            .expect("run tollgate");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        let env = [
+            ("TOLLGATE_STORE", self.store.as_str()),
+            ("TOLLGATE_ADMIN_TOKEN", self.token),
+        ];
+        let out = harness::cli(args, &env);
+        (out.ok, out.stdout, out.stderr)
     }
 
     fn ok_json(&self, args: &[&str]) -> Value {

@@ -4,15 +4,11 @@
 mod harness;
 
 fn chaos(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(harness::BIN)
-        .arg("chaos")
-        .args(args)
-        .output()
-        .expect("run tollgate chaos");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let all: Vec<&str> = std::iter::once("chaos")
+        .chain(args.iter().copied())
+        .collect();
+    let out = harness::cli(&all, &[]);
+    (out.ok, out.stdout + &out.stderr)
 }
 
 #[test]

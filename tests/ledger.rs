@@ -231,23 +231,15 @@ async fn killed_gateways_and_leaders_lose_nothing_and_count_nothing_twice() {
         "LG-3: ledger = store counter"
     );
     // the billing export: the same entries, in order, resumable; CSV and JSON Lines agree
+    let store = fleet.cluster.addrs().join(",");
     let export = |args: &[&str]| -> (String, String) {
-        let out = std::process::Command::new(harness::BIN)
-            .args(["usage", "export"])
-            .args(args)
-            .env("TOLLGATE_STORE", fleet.cluster.addrs().join(","))
-            .env("TOLLGATE_ADMIN_TOKEN", &fleet.cluster.token)
-            .output()
-            .expect("tollgate usage export");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let all: Vec<&str> = ["usage", "export"].iter().chain(args).copied().collect();
+        let env = [
+            ("TOLLGATE_STORE", store.as_str()),
+            ("TOLLGATE_ADMIN_TOKEN", fleet.cluster.token.as_str()),
+        ];
+        let out = harness::cli(&all, &env).expect_ok("usage export");
+        (out.stdout, out.stderr)
     };
     let (jsonl, _) = export(&[]);
     let lines: Vec<Value> = jsonl

@@ -104,18 +104,39 @@ pub struct Cluster {
     pub certs: Option<PathBuf>,
 }
 
+/// What a `tollgate` command run to completion printed.
+pub struct CliOut {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOut {
+    /// Asserts the command succeeded (its stderr in the message) and returns it.
+    pub fn expect_ok(self, what: &str) -> CliOut {
+        assert!(self.ok, "tollgate {what}: {}", self.stderr);
+        self
+    }
+}
+
+/// Runs `tollgate <args>` with `envs` to completion.
+pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> CliOut {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run tollgate");
+    CliOut {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Runs `tollgate certs` to make a CA and a certificate per name (`name`, role) in `dir`.
 pub fn make_certs(dir: &Path, certs: &[(&str, &str)]) {
     let run = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .output()
-            .expect("run tollgate certs");
-        assert!(
-            out.status.success(),
-            "tollgate {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cli(args, &[]).expect_ok(&format!("{args:?}"));
     };
     let d = dir.display().to_string();
     run(&["certs", "init", "--dir", &d]);

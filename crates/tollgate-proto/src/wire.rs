@@ -10,11 +10,20 @@ use serde::de::DeserializeOwned;
 /// Most memory one decode may claim (above any message the store accepts).
 pub const DECODE_BYTES_MAX: usize = 64 << 20;
 
-fn config() -> impl bincode::config::Config {
+/// The bincode format every Tollgate binary encoding shares (these bodies, the store's codec,
+/// the gateway's journal frames): standard config, little-endian, variable-length integers.
+pub fn format() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::NoLimit,
+> {
     bincode::config::standard()
         .with_little_endian()
         .with_variable_int_encoding()
-        .with_limit::<DECODE_BYTES_MAX>()
+}
+
+fn config() -> impl bincode::config::Config {
+    format().with_limit::<DECODE_BYTES_MAX>()
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {

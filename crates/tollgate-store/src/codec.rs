@@ -11,9 +11,7 @@ pub const FORMAT_V1: u8 = 1;
 const HEADER_BYTES: usize = 5;
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_variable_int_encoding()
+    tollgate_proto::wire::format()
 }
 
 pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {

@@ -21,9 +21,7 @@ const KIND_RESERVED: u8 = 1;
 const KIND_SETTLED: u8 = 2;
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_variable_int_encoding()
+    tollgate_proto::wire::format()
 }
 
 /// An entry to write, borrowed: a settled record is encoded without being copied.
