@@ -4,7 +4,8 @@
 //! most `IN_FLIGHT_MAX` proposals await their commit at a time; while they do, new writes
 //! queue up and leave together in the next one. Under concurrency many small writes so share
 //! one log entry, one replication round and one fsync; a single client sees no wait, since
-//! with nothing in flight its write leaves at once. Requests too large to share an entry
+//! with nothing in flight and nothing queued its write is proposed from its own task at once
+//! (no hand-off to the proposing task, which on a multi-threaded runtime costs wake-ups). Requests too large to share an entry
 //! (big usage batches) skip the queue and its limit. Each request inside a batch is admitted,
 //! deduplicated and applied on its own, exactly as with an entry of its own
 //! (`State::apply_batch`), and its caller gets its own outcome.
@@ -12,7 +13,7 @@
 use crate::codec::encoded_len;
 use crate::types::Raft;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tollgate_ledger::{Actor, Command, Outcome, Request};
@@ -63,14 +64,30 @@ struct Pending {
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
     raft: Raft,
+    /// Proposals of small writes awaiting their commit (batches and the direct path).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one proposal in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Proposer {
     /// Starts the proposing task (on the current tokio runtime).
     pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft.clone(), rx));
-        Proposer { tx, raft }
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(raft.clone(), rx, in_flight.clone()));
+        Proposer {
+            tx,
+            raft,
+            in_flight,
+        }
     }
 
     /// Proposes `req` (alone or with others) and waits until it is applied here.
@@ -79,6 +96,18 @@ impl Proposer {
         if bytes > BATCH_BYTES_MAX {
             // a log entry's worth on its own: proposed at once, outside the in-flight limit,
             // so large usage batches pipeline as deep as openraft lets them
+            WRITES.fetch_add(1, Ordering::Relaxed);
+            ENTRIES.fetch_add(1, Ordering::Relaxed);
+            return write(&self.raft, req).await;
+        }
+        // idle (nothing in flight, nothing queued): propose it from here, alone
+        if self.tx.capacity() == self.tx.max_capacity()
+            && self
+                .in_flight
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let _counted = InFlight(self.in_flight.clone());
             WRITES.fetch_add(1, Ordering::Relaxed);
             ENTRIES.fetch_add(1, Ordering::Relaxed);
             return write(&self.raft, req).await;
@@ -106,7 +135,7 @@ fn encoded_size(req: &Request) -> usize {
     encoded_len(req).unwrap_or(usize::MAX)
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, in_flight: Arc<AtomicUsize>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut carry: Option<Pending> = None;
     loop {
@@ -133,12 +162,15 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
             batch.push(next);
         }
         let raft = raft.clone();
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let counted = InFlight(in_flight.clone());
         tokio::spawn(async move {
             // a proposal that cannot commit (no quorum) gives its slot back when its callers
             // give up; they were told to retry with the same request ids (dedup, RQ-1)
             let limit = Duration::from_millis(super::RAFT_OP_TIMEOUT_MS);
             let _ = tokio::time::timeout(limit, propose_batch(raft, batch)).await;
             drop(slot);
+            drop(counted);
         });
     }
 }
