@@ -5,10 +5,10 @@
 //! queue up and leave together in the next one. Under concurrency many small writes so share
 //! one log entry, one replication round and one fsync; a single client sees no wait, since
 //! with nothing in flight and nothing queued its write is proposed from its own task at once
-//! (no hand-off to the proposing task, which on a multi-threaded runtime costs wake-ups). Requests too large to share an entry
-//! (big usage batches) skip the queue and its limit. Each request inside a batch is admitted,
-//! deduplicated and applied on its own, exactly as with an entry of its own
-//! (`State::apply_batch`), and its caller gets its own outcome.
+//! (no hand-off to the proposing task, which on a multi-threaded runtime costs wake-ups).
+//! Requests too large to share an entry (big usage batches) skip the queue and its limit.
+//! Each request inside a batch is admitted, deduplicated and applied on its own, exactly as
+//! with an entry of its own (`State::apply_batch`), and its caller gets its own outcome.
 
 use crate::codec::encoded_len;
 use crate::types::Raft;
@@ -23,8 +23,11 @@ const BATCH_REQUESTS_MAX: usize = 256;
 /// Most encoded request bytes in one entry (well under the log's `ENTRY_BYTES_MAX`); a request
 /// larger than this goes alone.
 const BATCH_BYTES_MAX: usize = 64 << 10;
-/// Proposals awaiting their commit at once (each carrying a batch).
-const IN_FLIGHT_MAX: usize = 4;
+/// Proposals awaiting their commit at once (each carrying a batch), besides the one a lone
+/// write may make from its own task. Fewer in flight means bigger batches: 2 against 4 gave
+/// +18 % unbatched writes/s at 16 clients and +16 % at 256 (3 interleaved rounds, session 9);
+/// 1 measured the same as 2 here, and 2 keeps a pipeline for networks with longer round trips.
+const IN_FLIGHT_MAX: usize = 2;
 /// A usage batch with more records than this is a log entry's worth on its own.
 const ALONE_RECORDS: usize = 16;
 /// Writes waiting for the proposer; a full queue makes writers wait (back-pressure).

@@ -176,7 +176,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // I/O buffer before and after every batch (two extra `pwrite` + `sync_file_range` per
         // append, on every node, ahead of the group commit's own). Entries are inserted in
         // index order from this one task and sled recovers a prefix of its log, so a crash
-        // mid-append leaves a contiguous prefix of entries that were never acknowledged.
+        // mid-append leaves a contiguous prefix of entries that were never acknowledged, and
+        // a failed insert is a fatal storage error: Raft stops before anything is (DU-1).
         for (key, bytes) in encoded {
             self.log.insert(key, bytes).map_err(sled_err)?;
         }
