@@ -18,7 +18,7 @@ TZ_VENV=${TZ_VENV:-/tmp/tz-venv}
 # gateway's worker threads. Each result line carries the CPU µs per request of every process.
 TARGETS=${TARGETS:-direct nginx tensorzero tollgate}
 cargo build --release --locked -p tollgate -p tollgate-bench >&2
-BIN=target/release/tollgate
+BIN=${BIN:-target/release/tollgate} # BIN=<path> measures another build (A/B)
 LOAD=target/release/tollgate-load
 DIR=$(mktemp -d)
 PIDS=()

@@ -27,7 +27,13 @@ pub fn kind(d: Dimension) -> Kind {
     }
 }
 
-/// Tokens withdrawn by one rate grant, usable until `until`.
+/// Rate grants ending this close after the newest live one are merged into it (see
+/// `Inner::add_gen`): at most ~0.5 s of a 10 s grant's life is given up, and admission walks
+/// about 20 grants instead of one per refresh (profiles at 50 connections showed the walks at
+/// ~4 % of the gateway's CPU).
+const GEN_MERGE: Duration = Duration::from_millis(500);
+
+/// Tokens withdrawn by one or more rate grants, usable until `until`.
 #[derive(Debug, Clone, Copy)]
 pub struct Gen {
     pub left: u64,
@@ -450,6 +456,22 @@ impl Inner {
         give
     }
 
+    /// Adds a rate grant usable until `until`. A grant ending within [`GEN_MERGE`] after the
+    /// newest one joins it and takes its earlier end (QL-3 still holds: units only lose
+    /// lifetime, never gain it), so the list a request walks stays short — one entry per
+    /// `GEN_MERGE` of the grant TTL — however often the bucket refreshes.
+    fn add_gen(&mut self, granted: u64, until: Instant) {
+        match self.gens.back_mut() {
+            Some(last) if last.until <= until && until - last.until < GEN_MERGE => {
+                last.left += granted;
+            }
+            _ => self.gens.push_back(Gen {
+                left: granted,
+                until,
+            }),
+        }
+    }
+
     /// Installs a grant received for an `Acquire` sent at `t0`.
     /// `may_pause`: the grant reflects the current limits (no config change since it was asked
     /// for), so "empty" may be trusted for a short pause of instant refusals.
@@ -466,10 +488,7 @@ impl Inner {
             Kind::Rate => {
                 self.gens.retain(|x| now < x.until && x.left > 0);
                 if g.granted > 0 {
-                    self.gens.push_back(Gen {
-                        left: g.granted,
-                        until,
-                    });
+                    self.add_gen(g.granted, until);
                 }
                 self.until = Some(until);
             }
@@ -505,5 +524,81 @@ impl Inner {
             };
             now + pause
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_types::limits::Scope;
+
+    fn rate_bucket(now: Instant) -> LocalBucket {
+        let limit = Limit {
+            scope: Scope::Org {
+                org: tollgate_types::OrgId::parse("acme").expect("org id"),
+            },
+            model: None,
+            dimension: Dimension::RequestsPerMinute,
+            limit: 1_000_000,
+            burst: 0,
+            fail_policy: FailPolicy::default(),
+            shadow: false,
+        };
+        LocalBucket::new(limit, 0, Arc::new(Cell::default()), now)
+    }
+
+    fn grant(b: &LocalBucket, granted: u64) -> Grant {
+        Grant {
+            limit: b.key.clone(),
+            lease_id: 0,
+            granted,
+            ttl_ms: tollgate_types::lease::LEASE_TTL_MS,
+            mode: LeaseMode::Lease,
+            available: 1_000_000,
+            reset_ms: 0,
+            reserve: 0,
+            period: 0,
+        }
+    }
+
+    #[test]
+    fn frequent_rate_grants_merge_into_few_and_never_outlive_their_own_end() {
+        let t = Instant::now();
+        let b = rate_bucket(t);
+        // a refresh every 10 ms for 5 s, nothing spent
+        for i in 0..500u64 {
+            let t0 = t + Duration::from_millis(10 * i);
+            let g = grant(&b, 3);
+            b.lock().apply_grant(&g, t0, 3, t0, true);
+        }
+        let end = t + Duration::from_millis(10 * 499);
+        let inner = b.lock();
+        let n = inner.gens.len();
+        assert!((10..=11).contains(&n), "{n} grants kept");
+        assert_eq!(inner.rate_left(end), 1500, "no unit lost by merging");
+        for (i, g) in inner.gens.iter().enumerate() {
+            // each entry ends when the first grant merged into it ends: the earliest end
+            let first = t
+                + Duration::from_millis(500 * i as u64)
+                + Duration::from_millis(usable_ms(tollgate_types::lease::LEASE_TTL_MS));
+            assert_eq!(g.until, first, "grant {i}");
+        }
+    }
+
+    #[test]
+    fn a_grant_ending_before_the_newest_is_not_merged_into_it() {
+        let t = Instant::now();
+        let b = rate_bucket(t);
+        let later = t + Duration::from_millis(100);
+        b.lock().apply_grant(&grant(&b, 5), later, 5, later, true);
+        // an answer to an older call (earlier send time) arrives second
+        b.lock().apply_grant(&grant(&b, 7), t, 7, later, true);
+        let inner = b.lock();
+        assert_eq!(
+            inner.gens.len(),
+            2,
+            "merging would extend the older grant's life"
+        );
+        assert_eq!(inner.rate_left(later), 12);
     }
 }
