@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 SECS=${2:-10}
-BIN=target/release/tollgate
+BIN=${BIN:-target/release/tollgate} # BIN=<path> measures another build (A/B)
 LOAD=target/release/tollgate-load
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
 [ -x "$BIN" ] && [ -x "$LOAD" ] || cargo build --release -p tollgate -p tollgate-bench
