@@ -99,9 +99,7 @@ impl Proposer {
         if bytes > BATCH_BYTES_MAX {
             // a log entry's worth on its own: proposed at once, outside the in-flight limit,
             // so large usage batches pipeline as deep as openraft lets them
-            WRITES.fetch_add(1, Ordering::Relaxed);
-            ENTRIES.fetch_add(1, Ordering::Relaxed);
-            return write(&self.raft, req).await;
+            return write_alone(&self.raft, req).await;
         }
         // idle (nothing in flight, nothing queued): propose it from here, alone
         if self.tx.capacity() == self.tx.max_capacity()
@@ -111,9 +109,7 @@ impl Proposer {
                 .is_ok()
         {
             let _counted = InFlight(self.in_flight.clone());
-            WRITES.fetch_add(1, Ordering::Relaxed);
-            ENTRIES.fetch_add(1, Ordering::Relaxed);
-            return write(&self.raft, req).await;
+            return write_alone(&self.raft, req).await;
         }
         let (reply, rx) = oneshot::channel();
         let pending = Pending { req, bytes, reply };
@@ -213,6 +209,13 @@ async fn propose_batch(raft: Raft, mut batch: Vec<Pending>) {
             }
         }
     }
+}
+
+/// One request as a log entry of its own (counted in the batching statistics).
+async fn write_alone(raft: &Raft, req: Request) -> Proposed {
+    WRITES.fetch_add(1, Ordering::Relaxed);
+    ENTRIES.fetch_add(1, Ordering::Relaxed);
+    write(raft, req).await
 }
 
 async fn write(raft: &Raft, req: Request) -> Proposed {
