@@ -25,15 +25,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use tollgate_types::config::KeyScope;
 use tollgate_types::usage::UsageStatus;
-use tollgate_types::{ErrorCode, OrgId, RequestId};
+use tollgate_types::{ErrorCode, ModelName, OrgId, RequestId};
 
 /// What the access log and metrics learn about a request.
 #[derive(Default)]
 struct Outcome {
     code: Option<ErrorCode>,
     relayed_client_error: bool,
-    org: Option<String>,
-    model: Option<String>,
+    org: Option<OrgId>,
+    model: Option<ModelName>,
 }
 
 /// A client-supplied `x-request-id` is echoed if it is short and printable.
@@ -47,7 +47,8 @@ pub async fn handle(gw: Arc<Gw>, req: Request<Incoming>) -> Result<Response<Body
     let start = Instant::now();
     let mut timing = Timing::start();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // shares the request's buffer: the path outlives the request for the access log
+    let uri = req.uri().clone();
     // the ledger identity is always ours; the client's id is only echoed
     let request_id = uuid::Uuid::now_v7().to_string();
     let echo = client_request_id(&req);
@@ -75,11 +76,11 @@ pub async fn handle(gw: Arc<Gw>, req: Request<Incoming>) -> Result<Response<Body
         log::access(&log::Access {
             request_id: &request_id,
             method: method.as_str(),
-            path: &path,
+            path: uri.path(),
             status: resp.status().as_u16(),
             code: out.code.map_or("ok", |c| c.as_str()),
-            org: out.org.as_deref(),
-            model: out.model.as_deref(),
+            org: out.org.as_ref().map(OrgId::as_str),
+            model: out.model.as_ref().map(ModelName::as_str),
             elapsed,
         });
     }
@@ -96,8 +97,8 @@ async fn dispatch(
     timing: &mut Timing,
     out: &mut Outcome,
 ) -> (RouteLabel, Answer) {
-    let path = req.uri().path().to_owned();
-    match (req.method(), path.as_str()) {
+    let uri = req.uri().clone();
+    match (req.method(), uri.path()) {
         (&Method::GET, "/healthz") => (
             RouteLabel::Ops,
             Ok(json(StatusCode::OK, &json!({"status": "ok"}))),
@@ -202,7 +203,7 @@ fn snapshot(gw: &Gw) -> Result<Arc<crate::snapshot::Snapshot>, GwError> {
 fn models(gw: &Gw, req: &Request<Incoming>, id: Option<&str>, out: &mut Outcome) -> Answer {
     let snap = snapshot(gw)?;
     let caller = auth::authenticate(&snap, req.headers(), KeyScope::Models, now_ms())?;
-    out.org = Some(caller.org.id.to_string());
+    out.org = Some(caller.org.id.clone());
     let entry =
         |name: &str| json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"});
     match id {
@@ -317,14 +318,14 @@ async fn inference(
     let deadline = start + gw.settings.timeouts.total;
     let snap = snapshot(gw)?;
     let caller = auth::authenticate(&snap, req.headers(), kind.scope(), now_ms())?;
-    out.org = Some(caller.org.id.to_string());
+    out.org = Some(caller.org.id.clone());
     timing.mark("auth");
     let idem_key = idempotency_key(&req)?;
     let traceparent = req.headers().get("traceparent").cloned();
     let raw = read_body(gw, req).await?;
     timing.mark("read");
     let mut v = validate::validate(kind, &raw, &snap, &caller)?;
-    out.model = Some(v.model.def.name.to_string());
+    out.model = Some(v.model.def.name.clone());
     timing.mark("validate");
     let idem = match idem_key {
         None => None,

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, Response};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -186,7 +186,7 @@ impl UpstreamClient {
         base: &str,
         path: &str,
         body: Bytes,
-        headers: &[(&'static str, HeaderValue)],
+        headers: &[(HeaderName, HeaderValue)],
     ) -> Result<(Response<Incoming>, UpConn), SendError> {
         let (host, prefix) = split_url(base)?;
         let mut req = Some(build(
@@ -224,7 +224,7 @@ impl UpstreamClient {
         base: &str,
         path: &str,
         body: Bytes,
-        headers: &[(&'static str, HeaderValue)],
+        headers: &[(HeaderName, HeaderValue)],
     ) -> Result<(Response<Incoming>, UpConn), SendError> {
         self.send(Method::POST, base, path, body, headers).await
     }
@@ -253,19 +253,30 @@ fn build(
     host: &str,
     path: &str,
     body: Bytes,
-    headers: &[(&'static str, HeaderValue)],
+    headers: &[(HeaderName, HeaderValue)],
 ) -> Result<Request<Full<Bytes>>, SendError> {
-    let mut b = Request::builder()
-        .method(method.clone())
-        .uri(if path.is_empty() { "/" } else { path })
-        .header(HOST, host);
-    if !body.is_empty() {
-        b = b.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let uri = if path.is_empty() {
+        Uri::from_static("/")
+    } else {
+        Uri::try_from(path).map_err(hyper::http::Error::from)?
+    };
+    let has_body = !body.is_empty();
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    h.reserve(headers.len() + 2);
+    h.insert(
+        HOST,
+        HeaderValue::from_str(host).map_err(hyper::http::Error::from)?,
+    );
+    if has_body {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     for (k, v) in headers {
-        b = b.header(*k, v.clone());
+        h.append(k, v.clone());
     }
-    Ok(b.body(Full::new(body))?)
+    Ok(req)
 }
 
 #[cfg(test)]

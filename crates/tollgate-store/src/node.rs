@@ -313,7 +313,8 @@ async fn bootstrap_when_leader(ctx: NodeCtx, cfg: StoreConfig) -> anyhow::Result
     };
     let token_id = secret::parse(&token)
         .map_err(|e| anyhow::anyhow!("bootstrap admin token: {e}"))?
-        .key_id();
+        .key_id()
+        .to_owned();
     let mut written = false;
     loop {
         // bootstrapped: by this node's write (perhaps one that timed out but committed) or another's

@@ -35,22 +35,37 @@ pub enum SecretFormatError {
 pub struct ParsedSecret<'a> {
     pub env: &'a str,
     pub random: &'a str,
+    /// `<env>_<first KEY_ID_CHARS of random>`: a slice of the secret itself.
+    id: &'a str,
 }
 
-impl ParsedSecret<'_> {
-    /// The public id: `<env>_<first KEY_ID_CHARS of random>`.
-    pub fn key_id(&self) -> String {
-        format!("{}_{}", self.env, &self.random[..KEY_ID_CHARS])
+impl<'a> ParsedSecret<'a> {
+    /// The public id: `<env>_<first KEY_ID_CHARS of random>` (borrowed, no allocation: the
+    /// gateway looks it up on every request).
+    pub fn key_id(&self) -> &'a str {
+        self.id
     }
 }
 
-fn base62_fixed(mut n: u64, width: usize) -> String {
-    let mut out = vec![b'0'; width];
+/// `n` in base62, zero padded to fill `out`.
+fn base62_into(mut n: u64, out: &mut [u8]) {
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
+}
+
+fn base62_fixed(n: u64, width: usize) -> String {
+    let mut out = vec![b'0'; width];
+    base62_into(n, &mut out);
     String::from_utf8(out).expect("base62 alphabet is ASCII")
+}
+
+/// `checksum(body) == sum`, without building the string.
+fn checksum_matches(body: &str, sum: &str) -> bool {
+    let mut digits = [0u8; SECRET_CHECKSUM_CHARS];
+    base62_into(u64::from(crc32fast::hash(body.as_bytes())), &mut digits);
+    sum.as_bytes() == digits
 }
 
 fn checksum(body: &str) -> String {
@@ -116,10 +131,11 @@ pub fn parse(secret: &str) -> Result<ParsedSecret<'_>, SecretFormatError> {
         return Err(SecretFormatError::Shape);
     }
     let body = &secret[..secret.len() - SECRET_CHECKSUM_CHARS - 1];
-    if checksum(body) != sum {
+    if !checksum_matches(body, sum) {
         return Err(SecretFormatError::Checksum);
     }
-    Ok(ParsedSecret { env, random })
+    let id = &rest[..env.len() + 1 + KEY_ID_CHARS];
+    Ok(ParsedSecret { env, random, id })
 }
 
 /// The cluster's HMAC secret for key digests (32 random bytes, hex in config and snapshots).

@@ -47,7 +47,7 @@ pub fn authenticate(
     let token = bearer(headers)?;
     let incorrect = || invalid("Incorrect API key provided.");
     let parsed = secret::parse(token).map_err(|_| incorrect())?;
-    let key = snap.keys.get(&parsed.key_id()).ok_or_else(incorrect)?;
+    let key = snap.keys.get(parsed.key_id()).ok_or_else(incorrect)?;
     // constant-time: the digest comparison does not reveal how much of it matched
     if !snap.secret.digest(token).ct_eq(&key.digest) {
         return Err(incorrect());

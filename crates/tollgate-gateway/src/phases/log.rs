@@ -43,12 +43,21 @@ impl Timing {
     /// `Server-Timing` value: `auth;dur=0.012, validate;dur=0.030, …` (milliseconds, to the
     /// microsecond).
     pub fn header(&self) -> String {
-        use std::fmt::Write as _;
         let mut out = String::with_capacity(24 * self.len);
+        let mut digits = itoa::Buffer::new();
         for (i, (name, d)) in self.marks[..self.len].iter().enumerate() {
             let us = d.as_micros();
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(out, "{sep}{name};dur={}.{:03}", us / 1000, us % 1000);
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(name);
+            out.push_str(";dur=");
+            out.push_str(digits.format(us / 1000));
+            out.push('.');
+            let frac = (us % 1000) as u32;
+            for div in [100, 10, 1] {
+                out.push(char::from_digit(frac / div % 10, 10).unwrap_or('0'));
+            }
         }
         out
     }

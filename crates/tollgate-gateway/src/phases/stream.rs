@@ -13,16 +13,18 @@ use crate::phases::settle::Settlement;
 use crate::phases::upstream::Forwarded;
 use crate::router::Picked;
 use crate::upstream::UpConn;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::Response;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use memchr::memmem::Finder;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 use tokio::time::Sleep;
 use tollgate_types::ErrorCode;
@@ -300,11 +302,24 @@ impl Relay {
             self.first_seen = true;
             self.gw.metrics.ttft(self.sent_at.elapsed());
         }
-        self.buf.extend_from_slice(&data);
-        let mut buf = std::mem::take(&mut self.buf);
-        let events = self.take_events(&mut buf);
-        self.buf = buf;
-        out.extend_from_slice(&events);
+        if self.buf.is_empty() {
+            // the usual case: the frame holds whole events; only a torn tail is copied
+            let used = self.take_events(&data, out);
+            self.buf.extend_from_slice(&data[used..]);
+        } else {
+            self.buf.extend_from_slice(&data);
+            let buf = std::mem::take(&mut self.buf);
+            let used = self.take_events(&buf, out);
+            self.buf = buf;
+            self.buf.advance(used);
+        }
+        let max = self.gw.settings.limits.upstream_body_bytes_max;
+        if self.buf.len() > max {
+            return Err(failed(
+                "upstream_broken",
+                &format!("The model server sent an event larger than {max} bytes."),
+            ));
+        }
         Ok(())
     }
 
@@ -355,20 +370,20 @@ impl Relay {
         }
     }
 
-    /// Takes the complete events out of `buf`, returning the bytes to forward.
-    fn take_events(&mut self, buf: &mut BytesMut) -> Bytes {
-        let mut out = BytesMut::with_capacity(buf.len());
-        while let Some((len, sep)) = event_end(buf) {
-            let event = buf.split_to(len + sep).freeze();
-            if self.done {
-                continue;
+    /// Forwards the complete events at the start of `buf` to `out`; returns the bytes used.
+    fn take_events(&mut self, buf: &[u8], out: &mut BytesMut) -> usize {
+        let mut used = 0;
+        while let Some((len, sep)) = event_end(&buf[used..]) {
+            let raw = &buf[used..used + len + sep];
+            used += len + sep;
+            if !self.done {
+                self.inspect(&raw[..len], raw, out);
             }
-            self.inspect(&event[..len], &event, &mut out);
         }
-        out.freeze()
+        used
     }
 
-    fn inspect(&mut self, event: &[u8], raw: &Bytes, out: &mut BytesMut) {
+    fn inspect(&mut self, event: &[u8], raw: &[u8], out: &mut BytesMut) {
         let data = sse_data(event);
         if data.as_deref() == Some(b"[DONE]".as_slice()) {
             self.done = true;
@@ -395,7 +410,7 @@ impl Relay {
             self.content_events += 1;
         }
         if !self.include_usage
-            && let Some(i) = memchr::memmem::find(raw, USAGE_NULL)
+            && let Some(i) = USAGE_NULL_FINDER.find(raw)
         {
             // the client did not ask for usage: drop the `"usage":null` we caused
             out.extend_from_slice(&raw[..i]);
@@ -411,10 +426,15 @@ const COALESCE_FRAMES_MAX: usize = 64;
 
 const USAGE_NULL: &[u8] = b",\"usage\":null";
 
+// Searchers built once: `memmem::find` builds one per call, which costs more than the search
+// on a chunk of a few hundred bytes.
+static USAGE_NULL_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_NULL));
+static USAGE_OBJECT: LazyLock<[Finder<'static>; 2]> =
+    LazyLock::new(|| [Finder::new(b"\"usage\":{"), Finder::new(b"\"usage\": {")]);
+
 /// Whether a chunk carries a usage object (most carry `"usage":null` or nothing: no parse).
 fn has_usage_object(data: &[u8]) -> bool {
-    memchr::memmem::find(data, b"\"usage\":{").is_some()
-        || memchr::memmem::find(data, b"\"usage\": {").is_some()
+    USAGE_OBJECT.iter().any(|f| f.find(data).is_some())
 }
 
 fn failed(reason: &'static str, msg: &str) -> End {
@@ -444,28 +464,36 @@ fn timeout_end(total: bool, idle: std::time::Duration) -> End {
     }
 }
 
-/// The end of the first complete event in `buf`: (length, separator length).
+/// The end of the first complete event in `buf` (a blank line, `\n\n` or `\r\n\r\n`):
+/// (length, separator length).
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| (i, 2));
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
+    memchr::memchr_iter(b'\n', buf).find_map(|i| {
+        if buf.get(i + 1) == Some(&b'\n') {
+            Some((i, 2))
+        } else if i > 0 && buf[i - 1] == b'\r' && buf.get(i + 1..i + 3) == Some(b"\r\n") {
+            Some((i - 1, 4))
+        } else {
+            None
+        }
+    })
 }
 
-/// The joined `data:` lines of an event, if it has any.
-fn sse_data(event: &[u8]) -> Option<Vec<u8>> {
-    let mut data: Option<Vec<u8>> = None;
+/// The joined `data:` lines of an event, if it has any (borrowed when there is one).
+fn sse_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut data: Option<Cow<'_, [u8]>> = None;
     for line in event.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if let Some(rest) = line.strip_prefix(b"data:") {
             let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            let d = data.get_or_insert_with(Vec::new);
-            if !d.is_empty() {
-                d.push(b'\n');
-            }
-            d.extend_from_slice(rest);
+            data = Some(match data {
+                None => Cow::Borrowed(rest),
+                Some(first) => {
+                    let mut d = first.into_owned();
+                    d.push(b'\n');
+                    d.extend_from_slice(rest);
+                    Cow::Owned(d)
+                }
+            });
         }
     }
     data
@@ -490,10 +518,15 @@ mod tests {
         assert_eq!(event_end(b"data: a\n\ndata: b"), Some((7, 2)));
         assert_eq!(event_end(b"data: a\r\n\r\n"), Some((7, 4)));
         assert_eq!(event_end(b"data: a\n"), None);
+        assert_eq!(event_end(b"a\r\nb\r\n\r\nc\n\n"), Some((4, 4)));
+        assert_eq!(event_end(b"a\r\n\nb"), Some((2, 2)));
+        assert_eq!(event_end(b"\n\n"), Some((0, 2)));
+        assert_eq!(event_end(b"a\r\n\r"), None);
         assert_eq!(
-            sse_data(b"event: x\ndata: a\ndata: b"),
-            Some(b"a\nb".to_vec())
+            sse_data(b"event: x\ndata: a\ndata: b").as_deref(),
+            Some(b"a\nb".as_slice())
         );
+        assert_eq!(sse_data(b"data:{}\r").as_deref(), Some(b"{}".as_slice()));
         assert_eq!(sse_data(b": comment"), None);
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Response;
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,11 +48,11 @@ pub async fn forward(
     let mut tried: Vec<usize> = Vec::new();
     let mut last_err: Option<GwError> = None;
     let mut headers = vec![(
-        "x-request-id",
+        HeaderName::from_static("x-request-id"),
         HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("invalid")),
     )];
     if let Some(tp) = traceparent {
-        headers.push(("traceparent", tp.clone()));
+        headers.push((HeaderName::from_static("traceparent"), tp.clone()));
     }
     for attempt in 1..=router.cfg.attempts_max.max(1) {
         if attempt > 1 {

@@ -68,7 +68,13 @@ fn tightest(
 /// `6m0s`, `1.5s`, `20ms`, like OpenAI's reset values.
 pub fn format_reset(ms: u64) -> String {
     match ms {
-        0..1_000 => format!("{ms}ms"),
+        0..1_000 => {
+            // the usual value under a roomy limit: no formatter
+            let mut out = String::with_capacity(6);
+            out.push_str(itoa::Buffer::new().format(ms));
+            out.push_str("ms");
+            out
+        }
         1_000..60_000 if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
         1_000..60_000 => format!("{:.1}s", ms as f64 / 1_000.0),
         _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1_000),

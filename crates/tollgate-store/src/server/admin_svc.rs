@@ -149,7 +149,7 @@ fn to_command(
             let plain = secret::derive(&env, &cluster()?.1, "api-key", request_id);
             let parsed = secret::parse(&plain)
                 .map_err(|e| api_status(ApiError::new(ErrorCode::Internal, e.to_string())))?;
-            let id = KeyId::parse(&parsed.key_id()).map_err(|e| id_err("id", e))?;
+            let id = KeyId::parse(parsed.key_id()).map_err(|e| id_err("id", e))?;
             let record = ApiKeyRecord {
                 id,
                 org,
@@ -195,7 +195,7 @@ pub fn admin_token_record(
             "admin tokens have the form tg_admin_<random>_<checksum>",
         )));
     }
-    let id = KeyId::parse(&parsed.key_id()).map_err(|e| id_err("token", e))?;
+    let id = KeyId::parse(parsed.key_id()).map_err(|e| id_err("token", e))?;
     Ok(AdminTokenRecord {
         id,
         name: name.to_owned(),

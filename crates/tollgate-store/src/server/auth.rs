@@ -32,7 +32,7 @@ pub fn admin_actor<T>(req: &tonic::Request<T>, sm: &SmHandle) -> Result<Actor, S
         ));
     }
     let token_id =
-        KeyId::parse(&parsed.key_id()).map_err(|_| unauthenticated("malformed admin token"))?;
+        KeyId::parse(parsed.key_id()).map_err(|_| unauthenticated("malformed admin token"))?;
     let digest = sm
         .read(|d| d.state.secret.as_ref().map(|s| s.digest(token)))
         .ok_or_else(|| {
