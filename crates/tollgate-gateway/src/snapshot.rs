@@ -6,7 +6,7 @@ use crate::router::{Route, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tollgate_types::config::{ApiKeyRecord, GatewayConfig, ModelDef, Org};
-use tollgate_types::secret::ClusterSecret;
+use tollgate_types::secret::{ClusterSecret, KeyedDigest};
 use tollgate_types::{OrgId, ProjectId};
 
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub struct ModelEntry {
 pub struct Snapshot {
     pub version: u64,
     pub secret: ClusterSecret,
+    /// `secret`'s HMAC, keyed once per snapshot for the request path.
+    pub digest_key: KeyedDigest,
     pub keys: HashMap<String, Arc<ApiKeyRecord>>,
     pub orgs: HashMap<OrgId, Arc<Org>>,
     pub projects: HashSet<(OrgId, ProjectId)>,
@@ -49,6 +51,7 @@ impl Snapshot {
         router.retain(&used);
         Snapshot {
             version: cfg.version,
+            digest_key: cfg.secret.keyed(),
             secret: cfg.secret,
             keys: cfg
                 .keys

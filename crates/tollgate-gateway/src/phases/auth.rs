@@ -49,7 +49,7 @@ pub fn authenticate(
     let parsed = secret::parse(token).map_err(|_| incorrect())?;
     let key = snap.keys.get(parsed.key_id()).ok_or_else(incorrect)?;
     // constant-time: the digest comparison does not reveal how much of it matched
-    if !snap.secret.digest(token).ct_eq(&key.digest) {
+    if !snap.digest_key.matches(token, &key.digest) {
         return Err(incorrect());
     }
     if key.status == KeyStatus::Revoked {

@@ -20,7 +20,7 @@ use hyper::Response;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use memchr::memmem::Finder;
+use memchr::memmem::FinderRev;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::pin::Pin;
@@ -394,7 +394,8 @@ impl Relay {
             out.extend_from_slice(raw);
             return;
         };
-        if has_usage_object(&data)
+        let key = usage_key(raw);
+        if key.is_some_and(|(_, object)| object)
             && let Ok(w) = serde_json::from_slice::<WithUsage>(&data)
             && let Some(u) = &w.usage
         {
@@ -410,11 +411,11 @@ impl Relay {
             self.content_events += 1;
         }
         if !self.include_usage
-            && let Some(i) = USAGE_NULL_FINDER.find(raw)
+            && let Some(drop) = key.and_then(|(i, _)| null_usage(raw, i))
         {
             // the client did not ask for usage: drop the `"usage":null` we caused
-            out.extend_from_slice(&raw[..i]);
-            out.extend_from_slice(&raw[i + USAGE_NULL.len()..]);
+            out.extend_from_slice(&raw[..drop.start]);
+            out.extend_from_slice(&raw[drop.end..]);
             return;
         }
         out.extend_from_slice(raw);
@@ -424,17 +425,25 @@ impl Relay {
 /// Most already-delivered upstream frames merged into one client write.
 const COALESCE_FRAMES_MAX: usize = 64;
 
-const USAGE_NULL: &[u8] = b",\"usage\":null";
+const USAGE_KEY: &[u8] = b"\"usage\":";
+// built once: `memmem::find` builds a searcher per call, which costs more than the search on a
+// chunk of a few hundred bytes
+static USAGE_KEY_FINDER: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(USAGE_KEY));
 
-// Searchers built once: `memmem::find` builds one per call, which costs more than the search
-// on a chunk of a few hundred bytes.
-static USAGE_NULL_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_NULL));
-static USAGE_OBJECT: LazyLock<[Finder<'static>; 2]> =
-    LazyLock::new(|| [Finder::new(b"\"usage\":{"), Finder::new(b"\"usage\": {")]);
+/// Where a chunk's last `"usage":` key starts (usage comes last in OpenAI and vLLM chunks; the
+/// text inside strings is escaped and cannot match), and whether an object follows it — most
+/// chunks carry `"usage":null` or nothing, and are not parsed.
+fn usage_key(chunk: &[u8]) -> Option<(usize, bool)> {
+    let i = USAGE_KEY_FINDER.rfind(chunk)?;
+    let object = chunk[i + USAGE_KEY.len()..].trim_ascii_start().first() == Some(&b'{');
+    Some((i, object))
+}
 
-/// Whether a chunk carries a usage object (most carry `"usage":null` or nothing: no parse).
-fn has_usage_object(data: &[u8]) -> bool {
-    USAGE_OBJECT.iter().any(|f| f.find(data).is_some())
+/// The `,"usage":null` around the key at `i`, if that is what is there.
+fn null_usage(chunk: &[u8], i: usize) -> Option<std::ops::Range<usize>> {
+    let start = i.checked_sub(1).filter(|&s| chunk[s] == b',')?;
+    let end = i + USAGE_KEY.len() + 4;
+    (chunk.get(i + USAGE_KEY.len()..end) == Some(b"null".as_slice())).then_some(start..end)
 }
 
 fn failed(reason: &'static str, msg: &str) -> End {
@@ -480,23 +489,32 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
 
 /// The joined `data:` lines of an event, if it has any (borrowed when there is one).
 fn sse_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if memchr::memchr(b'\n', event).is_none() {
+        // the usual event: one `data:` line
+        return data_line(event.strip_suffix(b"\r").unwrap_or(event)).map(Cow::Borrowed);
+    }
     let mut data: Option<Cow<'_, [u8]>> = None;
     for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            data = Some(match data {
-                None => Cow::Borrowed(rest),
-                Some(first) => {
-                    let mut d = first.into_owned();
-                    d.push(b'\n');
-                    d.extend_from_slice(rest);
-                    Cow::Owned(d)
-                }
-            });
-        }
+        let Some(rest) = data_line(line.strip_suffix(b"\r").unwrap_or(line)) else {
+            continue;
+        };
+        data = Some(match data {
+            None => Cow::Borrowed(rest),
+            Some(first) => {
+                let mut d = first.into_owned();
+                d.push(b'\n');
+                d.extend_from_slice(rest);
+                Cow::Owned(d)
+            }
+        });
     }
     data
+}
+
+/// The value of a `data:` line.
+fn data_line(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"data:")?;
+    Some(rest.strip_prefix(b" ").unwrap_or(rest))
 }
 
 /// Re-encodes a chunk without its `usage` field.
@@ -546,6 +564,23 @@ mod tests {
         assert_eq!(usage_of(odd).map(|u| u.completion_tokens), Some(2));
         assert_eq!(usage_of(br#"{"choices":[],"usage":null}"#), None);
         assert_eq!(usage_of(b"not json"), None);
+    }
+
+    #[test]
+    fn the_usage_key_is_found_once_and_its_null_dropped_exactly() {
+        let chunk = br#"data: {"choices":[{"delta":{"content":"\"usage\": {"}}],"usage":null}"#;
+        let (i, object) = usage_key(chunk).expect("key");
+        assert!(!object);
+        let drop = null_usage(chunk, i).expect("null usage");
+        let kept = [&chunk[..drop.start], &chunk[drop.end..]].concat();
+        assert_eq!(
+            kept,
+            br#"data: {"choices":[{"delta":{"content":"\"usage\": {"}}]}"#.to_vec()
+        );
+        let with = br#"{"choices":[],"usage": {"prompt_tokens":1}}"#;
+        assert_eq!(usage_key(with).map(|(_, o)| o), Some(true));
+        assert_eq!(null_usage(br#"{"usage":null}"#, 1), None); // no comma before: kept
+        assert_eq!(usage_key(br#"{"choices":[]}"#), None);
     }
 
     #[test]

@@ -260,13 +260,15 @@ fn message(i: usize, m: &Value) -> Result<u64, GwError> {
             ),
         ));
     }
-    let param = format!("messages[{i}].content");
+    // named only when it is wrong: formatting it for every valid message costs an allocation
+    let param = || format!("messages[{i}].content");
     match obj.get("content") {
         Some(Value::String(s)) => Ok(words(s)),
         Some(Value::Array(parts)) => {
             let mut n = 0;
             for (j, p) in parts.iter().enumerate() {
                 if !p.is_object() {
+                    let param = param();
                     return Err(GwError::invalid(
                         format!("{param}[{j}]"),
                         format!("Invalid type for '{param}[{j}]': expected a content part object."),
@@ -277,14 +279,22 @@ fn message(i: usize, m: &Value) -> Result<u64, GwError> {
             Ok(n)
         }
         None | Some(Value::Null) if role == "assistant" => Ok(0),
-        None | Some(Value::Null) => Err(GwError::invalid(
-            &param,
-            format!("Missing required parameter: '{param}'."),
-        )),
-        Some(_) => Err(GwError::invalid(
-            &param,
-            format!("Invalid type for '{param}': expected a string or an array of content parts."),
-        )),
+        None | Some(Value::Null) => {
+            let param = param();
+            Err(GwError::invalid(
+                &param,
+                format!("Missing required parameter: '{param}'."),
+            ))
+        }
+        Some(_) => {
+            let param = param();
+            Err(GwError::invalid(
+                &param,
+                format!(
+                    "Invalid type for '{param}': expected a string or an array of content parts."
+                ),
+            ))
+        }
     }
 }
 
