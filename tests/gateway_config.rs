@@ -81,7 +81,7 @@ async fn config_changes_apply_without_restart() {
         .key_id();
     let v = client
         .write(&AdminOp::RevokeKey {
-            id: KeyId::parse(&key_id).expect("key id"),
+            id: KeyId::parse(key_id).expect("key id"),
         })
         .await
         .expect("revoke")
