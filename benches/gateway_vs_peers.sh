@@ -8,6 +8,9 @@
 # Usage: [TARGETS="nginx tollgate"] [STREAMS=false] [CONNS=50] [GATEWAY_THREADS=n] benches/gateway_vs_peers.sh [repeats=3] [seconds=10]
 # Needs: nginx (apt-get install nginx-light); TensorZero in a venv at $TZ_VENV (default
 # /tmp/tz-venv: python3 -m venv /tmp/tz-venv && /tmp/tz-venv/bin/pip install tensorzero==2026.6.0).
+# Prints one JSON line per rep and cell (stdout); reps are interleaved across targets; at the end
+# the medians as a markdown table and the ratios of DESIGN.md section 10 (benches/gateway_table.py,
+# stderr).
 # Loopback only; every process started here is stopped by its PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,29 +108,33 @@ cpu_json() { # requests proxy_before mock_before store_before load_before proxy_
 print('{\"proxy\":%s,\"mock\":%s,\"store\":%s,\"load\":%s}' % tuple(f(x) for x in sys.argv[3:]))" \
     "$n" "$HZ" "$pr" $(( $(ticks "$MOCK_PID") - $3 )) $(( $(ticks "$STORE_PID") - $4 )) $(( $(load_ticks) - $5 ))
 }
-run() { # label url model stream clients [key]
-  local label=$1 url=$2 model=$3 stream=$4 c=$5 key=${6:-}
+run() { # label url model stream clients rep [key]: one rep of one cell
+  local label=$1 url=$2 model=$3 stream=$4 c=$5 r=$6 key=${7:-}
   case " $TARGETS " in *" $label "*) ;; *) return 0 ;; esac
-  for r in $(seq "$REPEATS"); do
-    local pp; pp=$(proxy_pid "$label")
-    local b0=0; [ -n "$pp" ] && b0=$(ticks "$pp")
-    local b1 b2 b3; b1=$(ticks "$MOCK_PID"); b2=$(ticks "$STORE_PID"); b3=$(load_ticks)
-    out=$(TOLLGATE_API_KEY=$key $LOAD --clients "$c" --duration-s "$SECS" http --url "$url" --body "$(body "$model" "$stream")")
-    n=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$out")
-    cpu=$(cpu_json "$n" "$b0" "$b1" "$b2" "$b3" "$pp")
-    echo "{\"label\":\"$label\",\"stream\":$stream,\"run\":$r,\"result\":$out,\"cpu_us_per_req\":$cpu}"
-  done
+  local pp; pp=$(proxy_pid "$label")
+  local b0=0; [ -n "$pp" ] && b0=$(ticks "$pp")
+  local b1 b2 b3; b1=$(ticks "$MOCK_PID"); b2=$(ticks "$STORE_PID"); b3=$(load_ticks)
+  out=$(TOLLGATE_API_KEY=$key $LOAD --clients "$c" --duration-s "$SECS" http --url "$url" --body "$(body "$model" "$stream")")
+  n=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$out")
+  cpu=$(cpu_json "$n" "$b0" "$b1" "$b2" "$b3" "$pp")
+  echo "{\"label\":\"$label\",\"stream\":$stream,\"run\":$r,\"result\":$out,\"cpu_us_per_req\":$cpu}" | tee -a "$DIR/results.jsonl"
 }
+# reps are the outer loop: each rep measures every target back to back, so a noisy spell on the
+# shared machine hits all targets of a rep alike instead of all reps of one target
 for stream in ${STREAMS:-false true}; do
   for c in ${CONNS:-1 50}; do
-    run direct "http://127.0.0.1:$MOCK/v1/chat/completions" demo-chat $stream $c
-    run nginx "http://127.0.0.1:$NGINX/v1/chat/completions" demo-chat $stream $c
-    if [ -n "$TZ_URL" ]; then
-      run tensorzero "$TZ_URL/chat/completions" tensorzero::model_name::demo $stream $c
-    fi
-    run tollgate "http://127.0.0.1:$GW/v1/chat/completions" demo-chat $stream $c "$KEY"
+    for r in $(seq "$REPEATS"); do
+      run direct "http://127.0.0.1:$MOCK/v1/chat/completions" demo-chat $stream $c $r
+      run nginx "http://127.0.0.1:$NGINX/v1/chat/completions" demo-chat $stream $c $r
+      if [ -n "$TZ_URL" ]; then
+        run tensorzero "$TZ_URL/chat/completions" tensorzero::model_name::demo $stream $c $r
+      fi
+      run tollgate "http://127.0.0.1:$GW/v1/chat/completions" demo-chat $stream $c $r "$KEY"
+    done
   done
 done
+# the medians as a markdown table, and the section-10 ratios (stderr)
+python3 benches/gateway_table.py < "$DIR/results.jsonl" >&2
 # what Tollgate did during the run (stderr): requests admitted on leases, lease refreshes, usage
 # shipped, journal syncs — evidence that the limits and the journal were in the path
 curl -sf "127.0.0.1:$GW/metrics" | grep -E '^tollgate_gateway_(quota_admitted|lease_refresh|usage_shipped|journal|requests_total)' >&2 || true
