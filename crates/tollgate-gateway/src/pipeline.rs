@@ -410,10 +410,7 @@ async fn admit(
             now,
         )
         .await?;
-    if ticket.clamp_output.is_some() && !v.max_tokens_given {
-        v.body.insert("max_tokens".into(), json!(v.max_tokens));
-        v.raw = None;
-    }
+    let clamp = ticket.clamp_output.is_some() && !v.max_tokens_given;
     let parts = SettlementParts {
         quota: gw.quota.clone(),
         settler: gw.settler.clone(),
@@ -441,6 +438,16 @@ async fn admit(
         &v.model.def,
         v.input_estimate,
     );
+    if clamp {
+        let max_tokens = v.max_tokens;
+        if let Err(e) = v
+            .body_mut()
+            .map(|b| b.insert("max_tokens".into(), json!(max_tokens)))
+        {
+            settlement.finish(Usage::default(), UsageStatus::UpstreamFailed);
+            return Err(e);
+        }
+    }
     // the reservation reaches the journal before the request goes upstream
     if let Some(Err(e)) = gw.journal.as_ref().map(|j| j.reserved(&reserved)) {
         tracing::error!(error = %e, "journal append failed; refusing the request");

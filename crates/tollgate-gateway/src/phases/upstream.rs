@@ -8,7 +8,6 @@ use crate::error::GwError;
 use crate::phases::validate::Validated;
 use crate::router::Picked;
 use crate::router::endpoint::Outcome;
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Response;
 use hyper::body::Incoming;
@@ -41,10 +40,7 @@ pub async fn forward(
 ) -> Result<Forwarded, GwError> {
     let router = &gw.router;
     router.budget.deposit();
-    let default_body = match &v.raw {
-        Some(raw) => raw.clone(),
-        None => Bytes::from(serde_json::to_vec(&v.body).unwrap_or_default()),
-    };
+    let default_body = v.upstream_body(None)?;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_err: Option<GwError> = None;
     let mut headers = vec![(
@@ -71,7 +67,7 @@ pub async fn forward(
         tried.push(Arc::as_ptr(&picked.endpoint.state) as usize);
         let body = match &picked.endpoint.upstream_model {
             None => default_body.clone(),
-            Some(m) => with_model(&v.body, m),
+            Some(m) => v.upstream_body(Some(m))?,
         };
         let state = picked.endpoint.state.clone();
         let wait = gw
@@ -135,12 +131,6 @@ pub async fn forward(
             "No upstream attempt could be made.",
         )
     }))
-}
-
-fn with_model(body: &serde_json::Map<String, Value>, model: &str) -> Bytes {
-    let mut b = body.clone();
-    b.insert("model".into(), Value::String(model.to_owned()));
-    Bytes::from(serde_json::to_vec(&b).unwrap_or_default())
 }
 
 /// `Retry-After` in seconds (HTTP dates are not honoured; they are rare from model servers).

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use tollgate_types::ErrorCode;
 use tollgate_types::config::KeyScope;
 
+mod fast;
+#[cfg(test)]
+mod tests;
+
 /// Which inference endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -42,10 +46,8 @@ impl Kind {
 pub struct Validated {
     pub kind: Kind,
     pub model: Arc<ModelEntry>,
-    /// The body as the client sent it (plus the usage request for streams).
-    pub body: Map<String, Value>,
-    /// The client's bytes, when the gateway changed nothing (sent upstream as they are).
-    pub raw: Option<Bytes>,
+    /// What goes upstream: the client's body, plus the usage request for streams.
+    body: Body,
     pub stream: bool,
     /// The client asked for the usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
@@ -62,9 +64,58 @@ pub struct Validated {
     pub priority: usize,
 }
 
+/// The upstream body: bytes sent as they are until the gateway edits the JSON.
+#[derive(Debug)]
+enum Body {
+    Raw(Bytes),
+    Json(Map<String, Value>),
+}
+
+fn object_of(raw: &[u8]) -> Result<Map<String, Value>, GwError> {
+    match serde_json::from_slice(raw) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(GwError::new(
+            ErrorCode::Internal,
+            "A validated request body no longer parses.",
+        )),
+    }
+}
+
+impl Validated {
+    /// The body as a JSON object to edit (parsed from the bytes on first use).
+    pub fn body_mut(&mut self) -> Result<&mut Map<String, Value>, GwError> {
+        if let Body::Raw(raw) = &self.body {
+            self.body = Body::Json(object_of(raw)?);
+        }
+        match &mut self.body {
+            Body::Json(m) => Ok(m),
+            Body::Raw(_) => Err(GwError::new(ErrorCode::Internal, "request body state")),
+        }
+    }
+
+    /// The bytes to send to an endpoint; `model` replaces the client's model name (an endpoint
+    /// serving it under another name).
+    pub fn upstream_body(&self, model: Option<&str>) -> Result<Bytes, GwError> {
+        let mut edited = match (&self.body, model) {
+            (Body::Raw(raw), None) => return Ok(raw.clone()),
+            (Body::Json(m), None) => return Ok(json_bytes(m)),
+            (Body::Raw(raw), Some(_)) => object_of(raw)?,
+            (Body::Json(m), Some(_)) => m.clone(),
+        };
+        if let Some(name) = model {
+            edited.insert("model".into(), Value::String(name.to_owned()));
+        }
+        Ok(json_bytes(&edited))
+    }
+}
+
+fn json_bytes(m: &Map<String, Value>) -> Bytes {
+    Bytes::from(serde_json::to_vec(m).unwrap_or_default())
+}
+
 /// Most messages, prompts or embedding inputs in one request.
 pub const ITEMS_MAX: usize = 4096;
-const ROLES: [&str; 6] = [
+pub(super) const ROLES: [&str; 6] = [
     "system",
     "developer",
     "user",
@@ -74,6 +125,58 @@ const ROLES: [&str; 6] = [
 ];
 
 pub fn validate(
+    kind: Kind,
+    raw: &Bytes,
+    snap: &Snapshot,
+    caller: &Caller,
+) -> Result<Validated, GwError> {
+    if kind == Kind::Chat
+        && let Some(v) = fast::chat(raw).and_then(|c| accept_fast(c, raw, snap, caller))
+    {
+        return Ok(v);
+    }
+    validate_full(kind, raw, snap, caller)
+}
+
+/// A request the fast path read: the same checks against the snapshot and the key as the full
+/// path; anything it would refuse goes back to the full path, which says why.
+fn accept_fast(
+    c: fast::Common<'_>,
+    raw: &Bytes,
+    snap: &Snapshot,
+    caller: &Caller,
+) -> Option<Validated> {
+    let model = snap.models.get(c.model.as_ref())?.clone();
+    if !caller.may_use(&c.model) {
+        return None;
+    }
+    let (max_tokens, max_tokens_given) = match c.max_tokens {
+        Some((_, n)) if n == 0 || n > model.def.max_output_tokens => return None,
+        Some((_, n)) => (n, true),
+        None => (model.def.default_output_tokens, false),
+    };
+    let body = if c.stream {
+        Bytes::from(fast::with_usage_request(raw)?)
+    } else {
+        raw.clone()
+    };
+    Some(Validated {
+        kind: Kind::Chat,
+        model,
+        body: Body::Raw(body),
+        stream: c.stream,
+        include_usage: false,
+        max_output: max_tokens.saturating_mul(c.choices),
+        max_tokens_given,
+        max_tokens,
+        input_estimate: c.input_estimate,
+        priority: crate::router::class_of(caller.org.tier),
+    })
+}
+
+/// The full check: the body parsed into a JSON tree, every field checked, each error naming
+/// its `param`.
+fn validate_full(
     kind: Kind,
     raw: &Bytes,
     snap: &Snapshot,
@@ -135,8 +238,11 @@ pub fn validate(
     Ok(Validated {
         kind,
         model,
-        raw: (!stream).then(|| raw.clone()),
-        body,
+        body: if stream {
+            Body::Json(body)
+        } else {
+            Body::Raw(raw.clone())
+        },
         stream,
         include_usage,
         max_output,
@@ -298,7 +404,7 @@ fn message(i: usize, m: &Value) -> Result<u64, GwError> {
     }
 }
 
-fn words(s: &str) -> u64 {
+pub(super) fn words(s: &str) -> u64 {
     s.split_whitespace().count() as u64
 }
 
