@@ -54,8 +54,9 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 pub struct Common<'a> {
     pub model: Cow<'a, str>,
     pub input_estimate: u64,
-    /// (per choice, given by the client), before the model's limits are applied.
-    pub max_tokens: Option<(&'static str, u64)>,
+    /// Per choice, as the client gave it (`max_completion_tokens` before `max_tokens`), before
+    /// the model's limit is applied.
+    pub max_tokens: Option<u64>,
     pub choices: u64,
     pub stream: bool,
 }
@@ -90,15 +91,10 @@ pub fn chat(raw: &[u8]) -> Option<Common<'_>> {
             None => return None,
         };
     }
-    let max_tokens = match (c.max_completion_tokens, c.max_tokens) {
-        (Some(n), _) => Some(("max_completion_tokens", n)),
-        (None, Some(n)) => Some(("max_tokens", n)),
-        (None, None) => None,
-    };
     Some(Common {
         model: c.model,
         input_estimate,
-        max_tokens,
+        max_tokens: c.max_completion_tokens.or(c.max_tokens),
         choices: c.n.unwrap_or(1).max(1),
         stream: c.stream.unwrap_or(false),
     })

@@ -1,6 +1,8 @@
-//! Phase 2, validate: the body is parsed once into JSON, checked field by field (each error names
-//! its `param`), and the model resolved against the snapshot and the key's allow-list. Unknown
-//! fields stay in the body and reach the upstream untouched.
+//! Phase 2, validate: the body is checked field by field (each error names its `param`), and the
+//! model resolved against the snapshot and the key's allow-list. The common chat request is read
+//! by the fast path (`fast.rs`, borrowed, no JSON tree); every other body, and every invalid
+//! one, by the full check on a JSON tree. The body goes upstream as the client's bytes until the
+//! gateway edits it, so unknown fields reach the upstream untouched.
 
 use crate::error::GwError;
 use crate::phases::auth::Caller;
@@ -151,8 +153,8 @@ fn accept_fast(
         return None;
     }
     let (max_tokens, max_tokens_given) = match c.max_tokens {
-        Some((_, n)) if n == 0 || n > model.def.max_output_tokens => return None,
-        Some((_, n)) => (n, true),
+        Some(n) if n == 0 || n > model.def.max_output_tokens => return None,
+        Some(n) => (n, true),
         None => (model.def.default_output_tokens, false),
     };
     let body = if c.stream {
