@@ -233,3 +233,83 @@ async fn unknown_fields_reach_the_upstream_untouched() {
         "usage is requested for metering"
     );
 }
+
+/// A raw HTTP/1.1 upstream on loopback for one streamed answer: one complete SSE event, then
+/// `tail` bytes of an event that never ends; it holds the connection until the gateway closes
+/// it (at most 20 s). Answers `GET` (health probes) with 404.
+fn endless_event_upstream(tail: usize) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let serve = move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(20)));
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let (mut line, mut len, mut first) = (String::new(), 0usize, String::new());
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if first.is_empty() {
+                    first = line.clone();
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            if first.starts_with("GET") {
+                let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                continue;
+            }
+            let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
+            let open = format!("data: {}", "x".repeat(tail));
+            let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for chunk in [event, open.as_str()] {
+                out.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+            }
+            let _ = conn.write_all(&out);
+            // the event never ends: wait for the gateway to give up and close
+            let _ = reader.read_to_end(&mut Vec::new());
+            return;
+        }
+    };
+    (addr, std::thread::spawn(serve))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_that_never_ends_is_cut_at_the_size_cap() {
+    let (raw, upstream) = endless_event_upstream(64 << 10);
+    let s = Stack::start(
+        0,
+        |_| vec![model("m", &[&[&raw]])],
+        &["--upstream-body-bytes-max", "16384"],
+    )
+    .await;
+    let r = s.chat(chat_body(10, true));
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    assert_eq!(
+        events.iter().filter(|(n, _)| n.is_none()).count(),
+        1,
+        "the one complete event is relayed: {events:?}"
+    );
+    let (name, data) = events.last().expect("events");
+    assert_eq!(name.as_deref(), Some("error"), "{events:?}");
+    let err: Value = serde_json::from_str(data).expect("error JSON");
+    assert_eq!(err["error"]["code"], "upstream_error");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("16384")),
+        "{err}"
+    );
+    assert_eq!(
+        s.metric("tollgate_gateway_stream_failures_total{reason=\"upstream_broken\"}"),
+        Some(1.0)
+    );
+    drop(s);
+    upstream
+        .join()
+        .expect("the raw upstream ends once the gateway closed");
+}

@@ -48,6 +48,9 @@ pub struct Tuning {
     /// Largest request body in bytes (larger gets 413).
     #[arg(long)]
     pub body_bytes_max: Option<usize>,
+    /// Largest upstream answer read whole, and largest single stream event, in bytes.
+    #[arg(long)]
+    pub upstream_body_bytes_max: Option<usize>,
     /// Upstream connect timeout.
     #[arg(long)]
     pub connect_timeout_ms: Option<u64>,
@@ -107,6 +110,9 @@ impl Tuning {
     pub fn apply(&self, s: &mut Settings) -> anyhow::Result<()> {
         if let Some(b) = self.body_bytes_max {
             s.limits.body_bytes_max = b;
+        }
+        if let Some(b) = self.upstream_body_bytes_max {
+            s.limits.upstream_body_bytes_max = b;
         }
         ms(self.connect_timeout_ms, &mut s.timeouts.connect);
         ms(self.first_byte_timeout_ms, &mut s.timeouts.first_byte);
