@@ -6,7 +6,7 @@ use crate::router::{Route, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tollgate_types::config::{ApiKeyRecord, GatewayConfig, ModelDef, Org};
-use tollgate_types::secret::{ClusterSecret, KeyedDigest};
+use tollgate_types::secret::KeyedDigest;
 use tollgate_types::{OrgId, ProjectId};
 
 #[derive(Debug)]
@@ -18,8 +18,8 @@ pub struct ModelEntry {
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
-    pub secret: ClusterSecret,
-    /// `secret`'s HMAC, keyed once per snapshot for the request path.
+    /// The cluster secret's HMAC, keyed once per snapshot for the request path (the secret
+    /// itself is not kept).
     pub digest_key: KeyedDigest,
     pub keys: HashMap<String, Arc<ApiKeyRecord>>,
     pub orgs: HashMap<OrgId, Arc<Org>>,
@@ -52,7 +52,6 @@ impl Snapshot {
         Snapshot {
             version: cfg.version,
             digest_key: cfg.secret.keyed(),
-            secret: cfg.secret,
             keys: cfg
                 .keys
                 .into_iter()

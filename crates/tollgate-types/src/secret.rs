@@ -187,10 +187,8 @@ impl KeyedDigest {
         let mut mac = self.0.clone();
         mac.update(secret.as_bytes());
         let mut hexed = [0u8; 64];
-        if hex::encode_to_slice(mac.finalize().into_bytes(), &mut hexed).is_err() {
-            return false;
-        }
-        expected.0.len() == hexed.len() && bool::from(expected.0.as_bytes().ct_eq(&hexed))
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut hexed).is_ok()
+            && expected.ct_eq_hex(&hexed)
     }
 }
 
@@ -200,7 +198,12 @@ pub struct Digest(String);
 
 impl Digest {
     pub fn ct_eq(&self, other: &Digest) -> bool {
-        self.0.len() == other.0.len() && bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
+        self.ct_eq_hex(other.0.as_bytes())
+    }
+
+    /// Constant-time comparison with a hex digest's bytes (only the lengths may leak).
+    fn ct_eq_hex(&self, hex: &[u8]) -> bool {
+        self.0.len() == hex.len() && bool::from(self.0.as_bytes().ct_eq(hex))
     }
 }
 

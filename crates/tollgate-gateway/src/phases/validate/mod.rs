@@ -48,8 +48,11 @@ impl Kind {
 pub struct Validated {
     pub kind: Kind,
     pub model: Arc<ModelEntry>,
-    /// What goes upstream: the client's body, plus the usage request for streams.
-    body: Body,
+    /// What goes upstream while nothing edits it: the client's bytes, plus the usage request
+    /// for streams.
+    raw: Bytes,
+    /// The body as a JSON object once the gateway edits it; sent instead of `raw` then.
+    edited: Option<Map<String, Value>>,
     pub stream: bool,
     /// The client asked for the usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
@@ -66,13 +69,6 @@ pub struct Validated {
     pub priority: usize,
 }
 
-/// The upstream body: bytes sent as they are until the gateway edits the JSON.
-#[derive(Debug)]
-enum Body {
-    Raw(Bytes),
-    Json(Map<String, Value>),
-}
-
 fn object_of(raw: &[u8]) -> Result<Map<String, Value>, GwError> {
     match serde_json::from_slice(raw) {
         Ok(Value::Object(m)) => Ok(m),
@@ -86,32 +82,32 @@ fn object_of(raw: &[u8]) -> Result<Map<String, Value>, GwError> {
 impl Validated {
     /// The body as a JSON object to edit (parsed from the bytes on first use).
     pub fn body_mut(&mut self) -> Result<&mut Map<String, Value>, GwError> {
-        if let Body::Raw(raw) = &self.body {
-            self.body = Body::Json(object_of(raw)?);
-        }
-        match &mut self.body {
-            Body::Json(m) => Ok(m),
-            Body::Raw(_) => Err(GwError::new(ErrorCode::Internal, "request body state")),
-        }
+        let body = match self.edited.take() {
+            Some(m) => m,
+            None => object_of(&self.raw)?,
+        };
+        Ok(self.edited.insert(body))
     }
 
     /// The bytes to send to an endpoint; `model` replaces the client's model name (an endpoint
     /// serving it under another name).
     pub fn upstream_body(&self, model: Option<&str>) -> Result<Bytes, GwError> {
-        let mut edited = match (&self.body, model) {
-            (Body::Raw(raw), None) => return Ok(raw.clone()),
-            (Body::Json(m), None) => return Ok(json_bytes(m)),
-            (Body::Raw(raw), Some(_)) => object_of(raw)?,
-            (Body::Json(m), Some(_)) => m.clone(),
+        let Some(name) = model else {
+            return Ok(match &self.edited {
+                None => self.raw.clone(),
+                Some(m) => encode(m),
+            });
         };
-        if let Some(name) = model {
-            edited.insert("model".into(), Value::String(name.to_owned()));
-        }
-        Ok(json_bytes(&edited))
+        let mut body = match &self.edited {
+            None => object_of(&self.raw)?,
+            Some(m) => m.clone(),
+        };
+        body.insert("model".into(), Value::String(name.to_owned()));
+        Ok(encode(&body))
     }
 }
 
-fn json_bytes(m: &Map<String, Value>) -> Bytes {
+fn encode(m: &Map<String, Value>) -> Bytes {
     Bytes::from(serde_json::to_vec(m).unwrap_or_default())
 }
 
@@ -157,7 +153,7 @@ fn accept_fast(
         Some(n) => (n, true),
         None => (model.def.default_output_tokens, false),
     };
-    let body = if c.stream {
+    let raw = if c.stream {
         Bytes::from(fast::with_usage_request(raw)?)
     } else {
         raw.clone()
@@ -165,7 +161,8 @@ fn accept_fast(
     Some(Validated {
         kind: Kind::Chat,
         model,
-        body: Body::Raw(body),
+        raw,
+        edited: None,
         stream: c.stream,
         include_usage: false,
         max_output: max_tokens.saturating_mul(c.choices),
@@ -240,11 +237,9 @@ fn validate_full(
     Ok(Validated {
         kind,
         model,
-        body: if stream {
-            Body::Json(body)
-        } else {
-            Body::Raw(raw.clone())
-        },
+        raw: raw.clone(),
+        // a stream's usage request was added to the tree, which is sent instead
+        edited: stream.then_some(body),
         stream,
         include_usage,
         max_output,
