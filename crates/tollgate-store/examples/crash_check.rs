@@ -1,13 +1,14 @@
 //! Process-crash check of the log store alone: `write <dir>` appends entries forever, printing
-//! each index after `append` returned (synced); kill it with SIGKILL, then `check <dir> <index>`
+//! each index once its append was reported durable (the group commit's callback); kill it with SIGKILL, then `check <dir> <index>`
 //! reopens the store and reports whether the last printed index is present.
 
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use openraft::type_config::TypeConfigExt;
 use openraft::{EntryPayload, LogId};
 use std::io::Write;
 use tollgate_ledger::{Actor, Command, Request};
 use tollgate_store::storage::{Durable, LogStore};
-use tollgate_store::types::Entry;
+use tollgate_store::types::{Entry, TypeConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,14 +39,16 @@ async fn main() -> anyhow::Result<()> {
             },
             i,
         );
+        let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
         log.append(
             vec![Entry {
                 log_id,
                 payload: EntryPayload::Normal(req),
             }],
-            IOFlushed::noop(),
+            IOFlushed::signal(tx),
         )
         .await?;
+        rx.await??;
         writeln!(out, "{i}")?;
         out.flush()?;
     }

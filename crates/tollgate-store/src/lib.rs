@@ -1,4 +1,4 @@
-//! A Tollgate quota-store node: openraft over sled with explicit fsync, a tonic network with one
+//! A Tollgate quota-store node: openraft over its own log files (and sled for the vote) with explicit fsync, a tonic network with one
 //! channel per peer, and the gRPC services for peers (Raft), operators (Admin) and gateways (Quota).
 
 pub mod codec;

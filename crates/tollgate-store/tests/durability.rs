@@ -1,6 +1,6 @@
 //! The write path syncs before it acknowledges: every vote save, log append, truncate and purge
-//! performs at least one durable sync (sled flush + fdatasync), and the append callback reports
-//! success only after it. The data is then readable by a store reopened from the same directory.
+//! performs at least one durable sync (`fdatasync` of the log segment, or sled flush + fdatasync
+//! for the vote and the purge mark), and the append callback reports success only after it. The data is then readable by a store reopened from the same directory.
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
@@ -106,4 +106,47 @@ async fn the_log_meter_counts_what_is_in_the_log_across_restarts() {
         full / 3,
         "counted again from the log at open"
     );
+}
+
+/// A data dir written before the log had files of its own keeps its entries in sled's
+/// `raft_log` tree: the next open moves them into the log files (synced), empties the tree, and
+/// the log goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_kept_in_sled_by_an_older_version_moves_into_the_log_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let durable = Durable::open(dir.path()).expect("open");
+        let tree = durable.tree("raft_log").expect("tree");
+        for i in 1..=5u64 {
+            let entry = blank_ent::<TypeConfig>(1, 1, i);
+            let bytes = tollgate_store::codec::encode(&entry).expect("encode");
+            tree.insert(&i.to_be_bytes()[..], bytes).expect("insert");
+        }
+        durable.sync_blocking().expect("sync");
+    }
+    {
+        let durable = Durable::open(dir.path()).expect("reopen");
+        let meter = durable.log_meter();
+        let mut log = LogStore::open(durable.clone()).expect("log store");
+        let indexes = |entries: Vec<tollgate_store::types::Entry>| {
+            entries.iter().map(|e| e.index()).collect::<Vec<u64>>()
+        };
+        let moved = log.try_get_log_entries(0..100).await.expect("entries");
+        assert_eq!(indexes(moved), vec![1, 2, 3, 4, 5]);
+        assert!(meter.total() > 0, "the moved entries are counted");
+        assert!(durable.tree("raft_log").expect("tree").is_empty());
+        let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
+        log.append(
+            vec![blank_ent::<TypeConfig>(1, 1, 6)],
+            IOFlushed::signal(tx),
+        )
+        .await
+        .expect("append");
+        assert!(rx.await.expect("callback").is_ok());
+    }
+    let mut log = LogStore::open(Durable::open(dir.path()).expect("open")).expect("log store");
+    let entries = log.try_get_log_entries(0..100).await.expect("entries");
+    assert_eq!(entries.len(), 6);
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_log_id.map(|l| l.index()), Some(6));
 }

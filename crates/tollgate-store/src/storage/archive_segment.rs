@@ -102,7 +102,7 @@ impl Scan {
 }
 
 /// Fills `buf`; `false` if the file ended first (a torn tail).
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..])? {

@@ -1,49 +1,25 @@
-//! One sled database per node and the one place that makes its writes durable. sled 0.34's
-//! `flush()` only issues `sync_file_range` on Linux (no fsync, no disk-cache flush), so a sync is
-//! sled flush followed by `fdatasync` on sled's data file. Values stay below sled's blob threshold
-//! (blobs are written to separate files that sled never fsyncs): see `ENTRY_BYTES_MAX`.
-//!
-//! Appends are group-committed: a dedicated thread syncs once for every callback queued while
-//! the previous sync ran, then runs those callbacks in queue order.
-//! A leader's own append may so still be in flight when followers have made the entry durable
-//! and it commits; a crash then leaves the leader's log shorter than what was committed, which is
-//! safe only because `LogStore::open` makes a restarted node win an election again (DU-1).
+//! One sled database per node — the Raft vote and log metadata (`committed`, `last_purged`) —
+//! and the one place that makes its writes durable. sled 0.34's `flush()` only issues
+//! `sync_file_range` on Linux (no fsync, no disk-cache flush), so a sync is sled flush followed
+//! by `fdatasync` on sled's data file. The log's entries are not here: they are in their own
+//! files (`log_files.rs`), synced by their own group-commit thread.
 
+use super::group_commit::count_sync;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// sled segment size. sled writes a whole page (a leaf node with all its items) as one log
-/// record, and a record over a quarter of the segment goes to a separate blob file that sled
-/// never fsyncs. So every page must stay under `SEGMENT_BYTES / 4`.
+/// sled segment size (sled's values here are a few hundred bytes: far below its blob threshold
+/// of a quarter segment, so nothing lands in a blob file, which sled never fsyncs).
 const SEGMENT_BYTES: usize = 16 << 20;
-/// Most items a sled leaf holds when written: it splits above 16 items and consolidates after
-/// 10 pending deltas (sled 0.34 `Node::should_split`, `PAGE_CONSOLIDATION_THRESHOLD`).
-const LEAF_ITEMS_MAX: usize = 16 + 10;
-/// Largest value this store writes into sled (a Raft entry, the vote).
-pub const ENTRY_BYTES_MAX: usize = 144 << 10;
-const _: () = assert!(ENTRY_BYTES_MAX * LEAF_ITEMS_MAX < SEGMENT_BYTES / 4 - (64 << 10));
 /// sled's background flusher interval: a backstop, never relied on for acknowledgements.
 const BACKGROUND_FLUSH_MS: u64 = 500;
-/// Most completion callbacks queued for the group-commit thread.
-const FLUSH_QUEUE_MAX: usize = 4096;
-
-static SYNCS: AtomicU64 = AtomicU64::new(0);
-
-/// How many durable syncs this process has completed (exported as a metric; tests watch it).
-pub fn sync_count() -> u64 {
-    SYNCS.load(Ordering::Relaxed)
-}
-
-/// A callback run once the writes issued before it was queued are durable.
-pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 #[derive(Clone)]
 pub struct Durable {
     inner: Arc<Inner>,
-    flusher: Arc<Flusher>,
     log_meter: LogMeter,
 }
 
@@ -73,22 +49,6 @@ impl LogMeter {
     }
 }
 
-/// The group-commit thread's queue; dropping the last handle stops and joins the thread, so
-/// the database is closed when the last `Durable` is gone.
-struct Flusher {
-    tx: Option<tokio::sync::mpsc::Sender<Done>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 struct Inner {
     db: sled::Db,
     data_file: File,
@@ -96,8 +56,7 @@ struct Inner {
 }
 
 impl Durable {
-    /// Opens (or creates) the sled database under `<data_dir>/sled` and starts its
-    /// group-commit thread (which ends when the last `Durable` clone is dropped).
+    /// Opens (or creates) the sled database under `<data_dir>/sled`.
     pub fn open(data_dir: &Path) -> io::Result<Durable> {
         let dir = data_dir.join("sled");
         let db = sled::Config::new()
@@ -112,18 +71,8 @@ impl Durable {
             data_file,
             dir: data_dir.to_path_buf(),
         });
-        let (tx, rx) = tokio::sync::mpsc::channel(FLUSH_QUEUE_MAX);
-        let for_thread = Arc::clone(&inner);
-        let thread = std::thread::Builder::new()
-            .name("tollgate-group-commit".into())
-            .spawn(move || group_commit(&for_thread, rx))?;
-        let flusher = Arc::new(Flusher {
-            tx: Some(tx),
-            thread: Some(thread),
-        });
         Ok(Durable {
             inner,
-            flusher,
             log_meter: LogMeter::default(),
         })
     }
@@ -153,15 +102,16 @@ impl Durable {
             .map_err(io::Error::other)?
     }
 
-    /// Group commit: `done` runs once every write issued before this call is durable.
-    pub async fn sync_then(&self, done: Done) -> io::Result<()> {
-        let stopped = || io::Error::other("the group-commit thread stopped");
-        let tx = self.flusher.tx.as_ref().ok_or_else(stopped)?;
-        tx.send(done).await.map_err(|_| stopped())
-    }
-
+    /// sled's files plus the Raft log's segment files.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        let log: u64 = std::fs::read_dir(self.inner.dir.join("raft-log"))
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.inner.db.size_on_disk().unwrap_or(0) + log
     }
 }
 
@@ -169,26 +119,8 @@ impl Inner {
     fn sync(&self) -> io::Result<()> {
         self.db.flush().map_err(sled_err)?;
         self.data_file.sync_data()?;
-        SYNCS.fetch_add(1, Ordering::Relaxed);
+        count_sync();
         Ok(())
-    }
-}
-
-fn group_commit(inner: &Inner, mut rx: tokio::sync::mpsc::Receiver<Done>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
-        let result = inner.sync();
-        for done in waiting {
-            done(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-            );
-        }
     }
 }
 

@@ -1,10 +1,12 @@
-//! The Raft log and vote in sled. Keys: `log` tree = big-endian index → encoded entry;
-//! `meta` tree = `vote`, `committed`, `last_purged`. Every write that openraft must be able to
-//! rely on (vote, append, truncate, purge) is synced before it is acknowledged: vote, truncate
-//! and purge inline, appends through the group-commit callback. The last appended entries are
-//! also kept decoded in memory (`Recent`), where apply and replication read them.
+//! The Raft log (`log_files.rs`: segment files of its own) and, in sled's `raft_meta` tree, the
+//! vote, `committed` and `last_purged`. Every write that openraft must be able to rely on (vote,
+//! append, truncate, purge) is synced before it is acknowledged: vote, truncate and purge inline,
+//! appends through the log's group-commit thread. The last appended entries are also kept
+//! decoded in memory (`Recent`), where apply and replication read them.
 
-use super::durable::{Durable, ENTRY_BYTES_MAX, sled_err};
+use super::durable::{Durable, sled_err};
+use super::group_commit::GroupCommit;
+use super::log_files::{self, ENTRY_BYTES_MAX, LogFiles};
 use super::recent::Recent;
 use crate::codec::{decode, encode};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
@@ -13,17 +15,22 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
+/// The sled tree the log's entries lived in before they moved to their own files.
+const SLED_LOG_TREE: &str = "raft_log";
 
-/// Cloning shares the same trees: a reader sees every entry the writer appended.
+/// Cloning shares the same log: a reader sees every entry the writer appended.
 #[derive(Clone)]
 pub struct LogStore {
     durable: Durable,
-    log: sled::Tree,
     meta: sled::Tree,
+    files: Arc<Mutex<LogFiles>>,
+    /// Dropped with the last clone: stops the sync thread after its queued callbacks ran.
+    group_commit: Arc<GroupCommit>,
     recent: Recent,
 }
 
@@ -34,17 +41,20 @@ impl LogStore {
     /// still in flight when it crashed. An uncommitted vote keeps the term and the vote, so the
     /// node can never vote twice in a term; it only has to win an election again.
     pub fn open(durable: Durable) -> io::Result<LogStore> {
+        let meta = durable.tree("raft_meta")?;
+        let last_purged = meta_get::<LogId>(&meta, LAST_PURGED)?.map(|l| l.index());
+        let mut files = LogFiles::open(durable.data_dir(), last_purged)?;
+        move_out_of_sled(&durable, &mut files, last_purged)?;
+        let active = files.active();
+        let group_commit = GroupCommit::start("tollgate-log-sync", move || active.sync())?;
+        durable.log_meter().add(files.bytes());
         let store = LogStore {
-            log: durable.tree("raft_log")?,
-            meta: durable.tree("raft_meta")?,
+            meta,
+            files: Arc::new(Mutex::new(files)),
+            group_commit: Arc::new(group_commit),
             recent: Recent::default(),
             durable,
         };
-        let mut in_log = 0;
-        for item in store.log.iter() {
-            in_log += item.map_err(sled_err)?.1.len() as u64;
-        }
-        store.durable.log_meter().add(in_log);
         if let Some(mut vote) = store.meta_get::<Vote>(VOTE)?
             && vote.committed
         {
@@ -55,32 +65,61 @@ impl LogStore {
         Ok(store)
     }
 
+    fn files(&self) -> MutexGuard<'_, LogFiles> {
+        // every `LogFiles` method leaves it consistent or fails before changing it
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.meta.get(key).map_err(sled_err)? {
-            Some(bytes) => decode(&bytes).map(Some),
-            None => Ok(None),
-        }
+        meta_get(&self.meta, key)
     }
 
     fn meta_put<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
         self.meta.insert(key, encode(value)?).map_err(sled_err)?;
         Ok(())
     }
+}
 
-    fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
-        match self.log.last().map_err(sled_err)? {
-            Some((_, bytes)) => Ok(Some(decode::<Entry>(&bytes)?.log_id)),
-            None => Ok(None),
-        }
+fn meta_get<T: serde::de::DeserializeOwned>(
+    meta: &sled::Tree,
+    key: &[u8],
+) -> io::Result<Option<T>> {
+    match meta.get(key).map_err(sled_err)? {
+        Some(bytes) => decode(&bytes).map(Some),
+        None => Ok(None),
     }
 }
 
-fn bound_key(b: Bound<&u64>) -> Bound<[u8; 8]> {
-    match b {
-        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-        Bound::Unbounded => Bound::Unbounded,
+/// A data dir from before the log had files of its own keeps its entries in sled: they are
+/// written to the (emptied) files and synced, and only then removed from sled. A crash half-way
+/// leaves them in sled, and the next open starts over.
+fn move_out_of_sled(
+    durable: &Durable,
+    files: &mut LogFiles,
+    last_purged: Option<u64>,
+) -> io::Result<()> {
+    let old = durable.tree(SLED_LOG_TREE)?;
+    if old.is_empty() {
+        return Ok(());
     }
+    files.truncate(0, None)?;
+    let mut records = Vec::new();
+    for item in old.iter() {
+        let (_, bytes) = item.map_err(sled_err)?;
+        let entry: Entry = decode(&bytes)?;
+        if last_purged.is_none_or(|p| entry.index() > p) {
+            records.push((entry.log_id, bytes.to_vec()));
+        }
+    }
+    files.append(&records)?;
+    files.active().sync()?;
+    old.clear().map_err(sled_err)?;
+    durable.sync_blocking()?;
+    tracing::info!(
+        entries = records.len(),
+        "moved the raft log out of sled into raft-log/"
+    );
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -91,20 +130,23 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(entries) = self.recent.get(&range) {
             return Ok(entries);
         }
-        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
-        let mut out = Vec::new();
-        for item in self.log.range(range) {
-            let (key, bytes) = item.map_err(sled_err)?;
-            let entry: Entry = decode(&bytes)?;
-            if key.as_ref() != entry.index().to_be_bytes() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "log entry stored under the wrong index",
-                ));
-            }
-            out.push(entry);
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&0) => return Ok(Vec::new()),
+            Bound::Excluded(&i) => i - 1,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start > end {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let found = self.files().locate(start, end);
+        // read outside the lock: appends go on meanwhile
+        log_files::read(found)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -117,7 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.meta_get(LAST_PURGED)?;
-        let last = self.last_entry_log_id()?.or(last_purged);
+        let last = self.files().last_log_id().or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -152,8 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut encoded = Vec::new();
-        let mut logged = 0;
+        let mut records = Vec::new();
         let mut kept = Vec::new();
         for entry in entries {
             let bytes = encode(&entry)?;
@@ -167,55 +208,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     ),
                 ));
             }
-            logged += bytes.len() as u64;
-            let size = bytes.len() as u64;
-            encoded.push((entry.index().to_be_bytes(), bytes));
-            kept.push((entry, size));
+            records.push((entry.log_id, bytes));
+            kept.push((entry, records.last().map_or(0, |r| r.1.len() as u64)));
         }
-        // One insert per entry, not a `sled::Batch`: sled 0.34 seals and writes its current
-        // I/O buffer before and after every batch (two extra `pwrite` + `sync_file_range` per
-        // append, on every node, ahead of the group commit's own). Entries are inserted in
-        // index order from this one task and sled recovers a prefix of its log, so a crash
-        // mid-append leaves a contiguous prefix of entries that were never acknowledged, and
-        // a failed insert is a fatal storage error: Raft stops before anything is (DU-1).
-        for (key, bytes) in encoded {
-            self.log.insert(key, bytes).map_err(sled_err)?;
-        }
+        // a failed write is a fatal storage error: Raft stops before anything is acknowledged
+        let logged = self.files().append(&records)?;
         self.recent.appended(kept);
         self.durable.log_meter().add(logged);
         // readable now; reported durable by the group-commit thread after its next sync, so
         // Raft keeps replicating while the disk flushes
-        self.durable
-            .sync_then(Box::new(move |r| callback.io_completed(r)))
+        self.group_commit
+            .then(Box::new(move |r| callback.io_completed(r)))
             .await
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         self.recent.truncated(from);
-        self.remove_range(from..)?;
-        self.durable.sync().await
+        // synced before it returns
+        let removed = self.files().truncate(from, last_log_id)?;
+        self.durable.log_meter().sub(removed);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // recorded durably first: the next open skips what the files still hold up to it
         self.meta_put(LAST_PURGED, &log_id)?;
+        self.durable.sync().await?;
         self.recent.purged(log_id.index());
-        self.remove_range(..=log_id.index())?;
-        self.durable.sync().await
-    }
-}
-
-impl LogStore {
-    fn remove_range<R: RangeBounds<u64>>(&self, range: R) -> io::Result<()> {
-        let range = (bound_key(range.start_bound()), bound_key(range.end_bound()));
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for item in self.log.range(range) {
-            let (key, value) = item.map_err(sled_err)?;
-            removed += value.len() as u64;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(sled_err)?;
+        let removed = self.files().purge(log_id.index());
         self.durable.log_meter().sub(removed);
         Ok(())
     }

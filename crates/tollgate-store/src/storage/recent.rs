@@ -1,9 +1,9 @@
 //! The tail of the Raft log kept decoded in memory. Every entry is read back soon after it is
 //! appended — by the state machine to apply it, and on a leader once per follower to replicate
-//! it — and reading it from sled means a tree lookup and a full decode each time. `Recent`
+//! it — and reading it from the log files means a `pread` and a full decode each time. `Recent`
 //! holds the last appended entries (contiguous indices, bounded in count and encoded bytes), so
-//! those reads are clones. It mirrors the `log` tree: what it holds for an index is exactly what
-//! sled holds (DU-3), because every change to the tree — append, truncate, purge — changes
+//! those reads are clones. It mirrors the log files: what it holds for an index is exactly what
+//! the log files hold (DU-3), because every change to them — append, truncate, purge — changes
 //! it under the same `&mut LogStore` call, and a gap empties it.
 
 use crate::types::Entry;
@@ -35,7 +35,7 @@ impl Recent {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records entries just written to the tree, in order. A gap before the first one (the
+    /// Records entries just written to the log files, in order. A gap before the first one (the
     /// tail was emptied, or entries were appended out of order) starts the tail afresh.
     pub fn appended(&self, entries: Vec<(Entry, u64)>) {
         let mut tail = self.lock();
@@ -56,7 +56,7 @@ impl Recent {
         }
     }
 
-    /// Forgets every entry at index `from` or later (the tree's were truncated).
+    /// Forgets every entry at index `from` or later (the files' were truncated).
     pub fn truncated(&self, from: u64) {
         let mut tail = self.lock();
         while tail.entries.back().is_some_and(|(e, _)| e.index() >= from) {
@@ -66,7 +66,7 @@ impl Recent {
         }
     }
 
-    /// Forgets every entry at index `upto` or earlier (the tree's were purged).
+    /// Forgets every entry at index `upto` or earlier (the files' were purged).
     pub fn purged(&self, upto: u64) {
         let mut tail = self.lock();
         while tail.entries.front().is_some_and(|(e, _)| e.index() <= upto) {
@@ -77,7 +77,7 @@ impl Recent {
     }
 
     /// The entries in `range` if the tail holds all of them; `None` sends the caller to the
-    /// tree (so does an open range: only the tree knows for sure where the log ends).
+    /// files (so does an open range: only the files know for sure where the log ends).
     pub fn get<R: RangeBounds<u64>>(&self, range: &R) -> Option<Vec<Entry>> {
         let tail = self.lock();
         let first = tail.entries.front()?.0.index();
@@ -135,9 +135,13 @@ mod tests {
         let r = Recent::default();
         r.appended((5..=9).map(entry).collect());
         assert_eq!(indices(r.get(&(6..8))), Some(vec![6, 7]));
-        assert_eq!(indices(r.get(&(7..))), None, "open ranges go to the tree");
+        assert_eq!(indices(r.get(&(7..))), None, "open ranges go to the files");
         assert_eq!(indices(r.get(&(5..=9))), Some(vec![5, 6, 7, 8, 9]));
-        assert_eq!(indices(r.get(&(4..7))), None, "index 4 is only in the tree");
+        assert_eq!(
+            indices(r.get(&(4..7))),
+            None,
+            "index 4 is only in the files"
+        );
         assert_eq!(
             indices(r.get(&(8..=10))),
             None,

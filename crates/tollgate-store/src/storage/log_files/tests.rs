@@ -1,0 +1,212 @@
+use super::*;
+use crate::codec::encode;
+use crate::types::TypeConfig;
+use openraft::testing::blank_ent;
+
+/// Small segments so that a few entries span several files.
+const SMALL: u64 = 100;
+
+fn records(from: u64, to: u64) -> Vec<(LogId, Vec<u8>)> {
+    (from..=to)
+        .map(|i| {
+            let e = blank_ent::<TypeConfig>(1, 1, i);
+            (e.log_id, encode(&e).expect("encode"))
+        })
+        .collect()
+}
+
+fn open(dir: &Path, last_purged: Option<u64>) -> LogFiles {
+    LogFiles::open_sized(dir, last_purged, SMALL).expect("open")
+}
+
+/// A log in `dir` with entries `1..=to`, one append each (so they span several segments).
+fn filled(dir: &Path, to: u64) -> LogFiles {
+    let mut log = open(dir, None);
+    for i in 1..=to {
+        log.append(&records(i, i)).expect("append");
+    }
+    log
+}
+
+fn indices(log: &LogFiles, start: u64, end: u64) -> Vec<u64> {
+    read(log.locate(start, end))
+        .expect("read")
+        .iter()
+        .map(|e| e.index())
+        .collect()
+}
+
+fn segment_files(dir: &Path) -> Vec<u64> {
+    let mut names: Vec<u64> = fs::read_dir(dir.join("raft-log"))
+        .expect("dir")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            name.to_str()?.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn entries_come_back_after_reopen_across_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = filled(dir.path(), 20);
+        log.append(&records(21, 25)).expect("append of five");
+        assert_eq!(indices(&log, 0, 100), (1..=25).collect::<Vec<_>>());
+        log.active().sync().expect("sync");
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() > 3, "segments rolled over: {files:?}");
+    assert_eq!(files[0], 1);
+    let log = open(dir.path(), None);
+    assert_eq!(indices(&log, 0, 100), (1..=25).collect::<Vec<_>>());
+    assert_eq!(indices(&log, 7, 9), vec![7, 8, 9]);
+    assert_eq!(log.last_log_id().map(|l| l.index()), Some(25));
+}
+
+#[test]
+fn appends_must_continue_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = open(dir.path(), None);
+    log.append(&records(3, 5))
+        .expect("an empty log takes any start");
+    assert!(log.append(&records(7, 7)).is_err(), "a gap");
+    assert!(log.append(&records(5, 5)).is_err(), "a repeat");
+    let mut skip = records(6, 6);
+    skip.extend(records(8, 8));
+    assert!(log.append(&skip).is_err(), "a gap inside one append");
+    assert_eq!(
+        indices(&log, 0, 10),
+        vec![3, 4, 5],
+        "failed appends wrote nothing"
+    );
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_appends_go_on_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = open(dir.path(), None);
+        log.append(&records(1, 3)).expect("append");
+    }
+    let path = segment_path(&dir.path().join("raft-log"), 1);
+    let whole = fs::metadata(&path).expect("meta").len();
+    // a frame whose record was cut short by a crash
+    let mut tail = records(4, 4).remove(0).1;
+    let mut frame = (tail.len() as u32).to_le_bytes().to_vec();
+    tail.truncate(tail.len() / 2);
+    frame.extend_from_slice(&tail);
+    let f = OpenOptions::new().append(true).open(&path).expect("open");
+    std::io::Write::write_all(&mut &f, &frame).expect("write");
+    drop(f);
+    let mut log = open(dir.path(), None);
+    assert_eq!(indices(&log, 0, 10), vec![1, 2, 3]);
+    assert_eq!(
+        fs::metadata(&path).expect("meta").len(),
+        whole,
+        "cut at open"
+    );
+    log.append(&records(4, 5)).expect("append after the cut");
+    drop(log);
+    let log = open(dir.path(), None);
+    assert_eq!(indices(&log, 0, 10), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_bad_frame_before_the_last_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(filled(dir.path(), 10));
+    let first = segment_path(&dir.path().join("raft-log"), 1);
+    let mut bytes = fs::read(&first).expect("read");
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    fs::write(&first, bytes).expect("write");
+    let err = LogFiles::open_sized(dir.path(), None, SMALL)
+        .err()
+        .expect("a damaged segment is refused");
+    assert!(err.to_string().contains("damaged"), "{err}");
+}
+
+#[test]
+fn truncation_cuts_across_segments_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = filled(dir.path(), 20);
+        let all = log.bytes();
+        let last = records(4, 4)[0].0;
+        let removed = log.truncate(5, Some(last)).expect("truncate");
+        assert_eq!(log.bytes(), all - removed);
+        assert_eq!(indices(&log, 0, 100), vec![1, 2, 3, 4]);
+        assert_eq!(log.last_log_id(), Some(last));
+        log.append(&records(5, 6)).expect("append after truncation");
+        assert_eq!(log.truncate(50, None).expect("past the end"), 0);
+    }
+    let log = open(dir.path(), None);
+    assert_eq!(indices(&log, 0, 100), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn truncating_everything_empties_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = open(dir.path(), None);
+    log.append(&records(1, 6)).expect("append");
+    log.truncate(0, None).expect("truncate");
+    assert!(indices(&log, 0, 100).is_empty());
+    assert_eq!(log.last_log_id(), None);
+    assert_eq!(log.bytes(), 0);
+    log.append(&records(1, 2)).expect("append");
+    drop(log);
+    assert_eq!(indices(&open(dir.path(), None), 0, 9), vec![1, 2]);
+}
+
+#[test]
+fn purge_deletes_emptied_segments_and_reopen_skips_purged_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = filled(dir.path(), 20);
+        let before = segment_files(dir.path());
+        log.purge(12);
+        assert_eq!(indices(&log, 0, 100), (13..=20).collect::<Vec<_>>());
+        let after = segment_files(dir.path());
+        assert!(after.len() < before.len(), "{before:?} → {after:?}");
+        assert!(after[0] <= 13, "the segment holding 13 stays: {after:?}");
+    }
+    let log = open(dir.path(), Some(12));
+    assert_eq!(indices(&log, 0, 100), (13..=20).collect::<Vec<_>>());
+    assert_eq!(
+        indices(&log, 5, 14),
+        vec![13, 14],
+        "reads are clipped to the log"
+    );
+}
+
+#[test]
+fn purging_past_the_end_starts_the_next_append_in_a_new_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = open(dir.path(), None);
+        log.append(&records(1, 3)).expect("append");
+        log.purge(100); // a snapshot installed beyond the log
+        assert_eq!(log.last_log_id(), None);
+        log.append(&records(101, 102)).expect("append");
+        assert_eq!(segment_files(dir.path()), vec![101]);
+    }
+    let log = open(dir.path(), Some(100));
+    assert_eq!(indices(&log, 0, 200), vec![101, 102]);
+}
+
+#[test]
+fn a_gap_between_live_entries_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(filled(dir.path(), 20));
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    let middle = files[1];
+    fs::remove_file(segment_path(&dir.path().join("raft-log"), middle)).expect("rm");
+    let err = LogFiles::open_sized(dir.path(), None, SMALL)
+        .err()
+        .expect("a missing segment is refused");
+    assert!(err.to_string().contains("gap"), "{err}");
+}
