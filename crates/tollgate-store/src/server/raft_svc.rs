@@ -3,8 +3,9 @@
 use crate::codec::{decode, encode};
 use crate::network::PeerToken;
 use crate::storage::{SnapData, TransferFile};
-use crate::types::{Raft, Snapshot, SnapshotMeta, Vote};
+use crate::types::{Raft, Snapshot, SnapshotMeta, TypeConfig, Vote};
 use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 use tollgate_proto::raft::{RaftPayload, SnapshotFrame, raft_server, snapshot_frame::Frame};
@@ -63,8 +64,46 @@ fn disk(e: std::io::Error) -> Status {
     Status::internal(format!("writing the incoming snapshot: {e}"))
 }
 
+/// Answers to a replication stream, in the order of its requests.
+pub type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
+/// Encodes one answer of `Raft::stream_append`: the follower's result, or why its Raft stopped.
+fn stream_reply(r: Result<StreamAppendResult<TypeConfig>, String>) -> Result<RaftPayload, Status> {
+    encode(&r)
+        .map(|data| RaftPayload { data })
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
+    type StreamAppendStream = AppendReplies;
+
+    /// The follower side of pipelined replication: requests go to openraft as they arrive
+    /// (without waiting for the previous answer), answers come back in order. A message that
+    /// does not decode ends the requests: the leader sees the stream end and opens another.
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        self.check(&req)?;
+        let requests = req.into_inner().scan((), |_, msg| {
+            let rpc = match msg {
+                Ok(p) => decode::<AppendEntriesRequest<TypeConfig>>(&p.data)
+                    .inspect_err(|e| tracing::warn!(error = %e, "undecodable append in a replication stream"))
+                    .ok(),
+                // the leader closed or reset the stream
+                Err(_) => None,
+            };
+            std::future::ready(rpc)
+        });
+        let replies = self
+            .raft
+            .stream_append(requests)
+            .map(|r| stream_reply(r.map_err(|fatal| fatal.to_string())));
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftPayload>,

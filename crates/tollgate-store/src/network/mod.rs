@@ -1,13 +1,18 @@
 //! The Raft network: one long-lived tonic channel per peer (HTTP/2 multiplexed, reconnecting),
-//! with connect and per-RPC timeouts; snapshots stream as a header frame plus 1 MiB chunks.
+//! with connect and per-RPC timeouts; replication pipelined on one stream per follower
+//! (`append_stream.rs`); snapshots stream as a header frame plus 1 MiB chunks.
+
+mod append_stream;
 
 use crate::codec::{decode, encode};
 use crate::storage::SnapData;
 use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use std::collections::BTreeMap;
@@ -128,6 +133,8 @@ type Client = RaftClient<InterceptedService<Channel, PeerToken>>;
 pub struct PeerClient {
     target: NodeId,
     client: Result<Client, String>,
+    /// The peer does not take `StreamAppend` (an older version): one unary RPC per request.
+    one_at_a_time: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -139,7 +146,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, client }
+        PeerClient {
+            target,
+            client,
+            one_at_a_time: false,
+        }
     }
 }
 
@@ -181,6 +192,29 @@ fn with_timeout<T>(mut req: tonic::Request<T>, option: &RPCOption) -> tonic::Req
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapData;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        if self.one_at_a_time {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        append_stream::stream_append(self, input, option)
+    }
 
     async fn append_entries(
         &mut self,
@@ -289,3 +323,6 @@ impl io::Write for ChunkSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
