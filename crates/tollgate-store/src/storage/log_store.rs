@@ -66,7 +66,8 @@ impl LogStore {
     }
 
     fn files(&self) -> MutexGuard<'_, LogFiles> {
-        // every `LogFiles` method leaves it consistent or fails before changing it
+        // a panic while holding it can only come from a bug; a failed write is returned as an
+        // error, which openraft treats as fatal (Raft stops, `StoreNode::fatal` ends the process)
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
