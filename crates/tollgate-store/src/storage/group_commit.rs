@@ -71,10 +71,8 @@ fn run(sync: &dyn Fn() -> io::Result<()>, mut rx: tokio::sync::mpsc::Receiver<Do
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
+        // `sync` counts the syncs it performs (`count_sync`)
         let result = sync();
-        if result.is_ok() {
-            count_sync();
-        }
         for done in waiting {
             done(
                 result

@@ -14,7 +14,10 @@
 //! DU-4: the files hold the log's entries after `last_purged` contiguously and exactly as
 //! acknowledged; only the last segment may end in a torn frame (cut at open).
 
+mod active;
 mod scan;
+
+pub use active::ActiveFile;
 
 use super::group_commit::count_sync;
 use crate::codec::decode;
@@ -25,7 +28,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 /// A segment grows to about this size before the next one starts.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -48,30 +51,6 @@ struct Loc {
     segment: u64,
     offset: u64,
     len: u32,
-}
-
-/// The segment appends go to, shared with the group-commit thread (which syncs it).
-#[derive(Clone, Default)]
-pub struct ActiveFile(Arc<Mutex<Option<Arc<File>>>>);
-
-impl ActiveFile {
-    fn set(&self, file: Option<Arc<File>>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = file;
-    }
-
-    /// `fdatasync` of the segment appends go to now (every earlier segment was synced when
-    /// the next one started).
-    pub fn sync(&self) -> io::Result<()> {
-        let file = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match file {
-            Some(f) => f.sync_data(),
-            None => Ok(()),
-        }
-    }
 }
 
 pub struct LogFiles {
@@ -120,8 +99,12 @@ impl LogFiles {
             active: ActiveFile::default(),
             segment_bytes,
         };
-        log.active
-            .set(log.last_segment().map(|(_, s)| s.file.clone()));
+        if let Some((name, seg)) = log.last_segment() {
+            // what a crashed process left in the page cache is made durable before anything
+            // builds on it
+            seg.file.sync_data()?;
+            log.active.switch(name, seg.file.clone(), seg.len);
+        }
         Ok(log)
     }
 
@@ -189,6 +172,8 @@ impl LogFiles {
             .get_mut(&name)
             .ok_or_else(|| io::Error::other("the active log segment is missing"))?;
         seg.file.write_all_at(&buf, seg.len)?;
+        let end = seg.len + buf.len() as u64;
+        self.active.wrote(end);
         if self.locs.is_empty() {
             self.first = start;
         }
@@ -202,6 +187,7 @@ impl LogFiles {
             });
             offset += u64::from(len);
         }
+        debug_assert_eq!(offset, end);
         seg.len = offset;
         self.last_log_id = records.last().map(|(id, _)| *id);
         Ok(buf.len() as u64)
@@ -235,7 +221,7 @@ impl LogFiles {
             .open(&path)?;
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
-        self.active.set(Some(file.clone()));
+        self.active.switch(start, file.clone(), 0);
         self.segments.insert(start, Segment { file, len: 0 });
         self.drop_dead_segments();
         Ok(start)
@@ -272,7 +258,8 @@ impl LogFiles {
         seg.file.sync_all()?;
         count_sync();
         seg.len = cut.offset;
-        self.active.set(Some(seg.file.clone()));
+        self.active
+            .switch(cut.segment, seg.file.clone(), cut.offset);
         self.locs.truncate(keep);
         self.last_log_id = if self.locs.is_empty() {
             None
