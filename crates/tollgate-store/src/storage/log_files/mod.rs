@@ -6,10 +6,11 @@
 //! synced and the next one starts. Purged entries stay in their segment until no entry of the
 //! log is left in it; then the file is deleted.
 //!
-//! Why not sled (where the log lived until session 12): every sled flush writes its buffer
-//! through a pool of I/O threads it wakes all at once (~10 context switches per commit per node
-//! on this 2-core machine, where the store is bound by switches, not by the disk), and values
-//! above a quarter segment would go to blob files sled never fsyncs.
+//! Why not sled (where the log lived before): every sled flush writes its buffer through a pool
+//! of I/O threads it wakes all at once (~10 context switches per commit per node, measured on
+//! the 2-core benchmark machine, where the store is bound by switches, not by the disk), and
+//! values above a quarter segment would go to blob files sled never fsyncs. See
+//! docs/design/raft-log.md.
 //!
 //! DU-4: the files hold the log's entries after `last_purged` contiguously and exactly as
 //! acknowledged; only the last segment may end in a torn frame (cut at open).
