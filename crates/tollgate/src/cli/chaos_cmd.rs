@@ -86,15 +86,24 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             let report_dir =
                 report.unwrap_or_else(|| PathBuf::from(format!("chaos-report/{scenario}-{seed}")));
             let bin = std::env::current_exe().context("finding the tollgate binary")?;
-            let r = tollgate_chaos::run(RunOptions {
+            let run = tollgate_chaos::run(RunOptions {
                 scenario,
                 seed,
                 duration,
                 report_dir: report_dir.clone(),
                 bin,
                 progress: !quiet,
-            })
-            .await?;
+            });
+            // Ctrl-C or SIGTERM drops the run: its processes are killed and its small disks
+            // unmounted by their destructors, which an exit by signal would skip
+            let r = tokio::select! {
+                r = run => r?,
+                () = super::store_cmd::wait_for_signal() => bail!(
+                    "stopped by a signal: the cluster's processes were stopped and its disks \
+                     unmounted; the logs so far are in {}/cluster",
+                    report_dir.display()
+                ),
+            };
             print!("{}", tollgate_chaos::report::summary(&r));
             println!(
                 "report: {}/report.json, summary.txt, timeline.html",
