@@ -1,7 +1,7 @@
 //! `ClusterStatus`: what `tollgate cluster status` shows, from one node's Raft metrics (the
 //! leader also knows every follower's matched index, hence its lag).
 
-use crate::storage::{Durable, SmHandle, sync_count};
+use crate::storage::{Durable, SmHandle, log_disk_bytes, sync_count};
 use crate::types::Raft;
 use openraft::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
@@ -105,7 +105,8 @@ pub fn cluster_status(
         ledger_len,
         state_digest,
         fsyncs: sync_count(),
-        disk_bytes: durable.size_on_disk(),
+        // sled (vote) + the Raft log's segment files
+        disk_bytes: durable.size_on_disk() + log_disk_bytes(durable.data_dir()),
         writes_proposed,
         entries_proposed,
     }

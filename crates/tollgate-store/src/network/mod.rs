@@ -185,6 +185,30 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// One unary Raft RPC: `rpc` encoded, sent by `call` with the option's deadline, the
+    /// peer's `Result` decoded.
+    async fn unary<Q, R, F, Fut>(
+        &self,
+        rpc: &Q,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<R, RPCError<TypeConfig>>
+    where
+        Q: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+        F: FnOnce(Client, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let data = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let req = with_timeout(tonic::Request::new(RaftPayload { data }), option);
+        let resp = call(self.client()?, req)
+            .await
+            .map_err(|s| status_error(self.target, &s))?;
+        self.decode_reply(&resp.into_inner().data)
+    }
+}
+
 fn with_timeout<T>(mut req: tonic::Request<T>, option: &RPCOption) -> tonic::Request<T> {
     req.set_timeout(option.hard_ttl());
     req
@@ -221,14 +245,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let req = with_timeout(tonic::Request::new(RaftPayload { data }), &option);
-        let resp = self
-            .client()?
-            .append_entries(req)
-            .await
-            .map_err(|s| status_error(self.target, &s))?;
-        self.decode_reply(&resp.into_inner().data)
+        self.unary(&rpc, &option, |mut c, req| async move {
+            c.append_entries(req).await
+        })
+        .await
     }
 
     async fn vote(
@@ -236,14 +256,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let req = with_timeout(tonic::Request::new(RaftPayload { data }), &option);
-        let resp = self
-            .client()?
-            .vote(req)
+        self.unary(&rpc, &option, |mut c, req| async move { c.vote(req).await })
             .await
-            .map_err(|s| status_error(self.target, &s))?;
-        self.decode_reply(&resp.into_inner().data)
     }
 
     async fn full_snapshot(

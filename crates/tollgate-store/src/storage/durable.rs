@@ -102,16 +102,9 @@ impl Durable {
             .map_err(io::Error::other)?
     }
 
-    /// sled's files plus the Raft log's segment files.
+    /// Bytes of sled's files.
     pub fn size_on_disk(&self) -> u64 {
-        let log: u64 = std::fs::read_dir(self.inner.dir.join("raft-log"))
-            .map(|dir| {
-                dir.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        self.inner.db.size_on_disk().unwrap_or(0) + log
+        self.inner.db.size_on_disk().unwrap_or(0)
     }
 }
 

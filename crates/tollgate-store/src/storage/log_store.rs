@@ -209,8 +209,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     ),
                 ));
             }
+            let size = bytes.len() as u64;
             records.push((entry.log_id, bytes));
-            kept.push((entry, records.last().map_or(0, |r| r.1.len() as u64)));
+            kept.push((entry, size));
         }
         // a failed write is a fatal storage error: Raft stops before anything is acknowledged
         let logged = self.files().append(&records)?;

@@ -17,7 +17,7 @@ mod snapshot_file;
 pub use durable::{Durable, LogMeter};
 pub use group_commit::sync_count;
 pub use ledger_archive::LedgerArchive;
-pub use log_files::ENTRY_BYTES_MAX;
+pub use log_files::{ENTRY_BYTES_MAX, disk_bytes as log_disk_bytes};
 pub use log_store::LogStore;
 pub use sm_store::{SmData, SmHandle, StateMachineStore, snapshot_worth_it};
 pub use snap_data::{SnapData, TransferFile};

@@ -66,6 +66,22 @@ pub struct LogFiles {
     segment_bytes: u64,
 }
 
+/// The log's directory in a node's data dir.
+pub fn dir_of(data_dir: &Path) -> PathBuf {
+    data_dir.join("raft-log")
+}
+
+/// Bytes of the segment files in a node's data dir (purged entries included).
+pub fn disk_bytes(data_dir: &Path) -> u64 {
+    fs::read_dir(dir_of(data_dir))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 pub(super) fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.log"))
 }
@@ -85,7 +101,7 @@ impl LogFiles {
         last_purged: Option<u64>,
         segment_bytes: u64,
     ) -> io::Result<LogFiles> {
-        let dir = data_dir.join("raft-log");
+        let dir = dir_of(data_dir);
         if !dir.exists() {
             fs::create_dir_all(&dir)?;
             sync_dir(data_dir)?;

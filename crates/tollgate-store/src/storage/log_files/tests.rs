@@ -38,7 +38,7 @@ fn indices(log: &LogFiles, start: u64, end: u64) -> Vec<u64> {
 }
 
 fn segment_files(dir: &Path) -> Vec<u64> {
-    let mut names: Vec<u64> = fs::read_dir(dir.join("raft-log"))
+    let mut names: Vec<u64> = fs::read_dir(dir_of(dir))
         .expect("dir")
         .filter_map(|e| {
             let name = e.ok()?.file_name();
@@ -92,7 +92,7 @@ fn a_torn_tail_is_cut_and_appends_go_on_after_it() {
         let mut log = open(dir.path(), None);
         log.append(&records(1, 3)).expect("append");
     }
-    let path = segment_path(&dir.path().join("raft-log"), 1);
+    let path = segment_path(&dir_of(dir.path()), 1);
     let whole = fs::metadata(&path).expect("meta").len();
     // a frame whose record was cut short by a crash
     let mut tail = records(4, 4).remove(0).1;
@@ -119,7 +119,7 @@ fn a_torn_tail_is_cut_and_appends_go_on_after_it() {
 fn a_bad_frame_before_the_last_segment_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(filled(dir.path(), 10));
-    let first = segment_path(&dir.path().join("raft-log"), 1);
+    let first = segment_path(&dir_of(dir.path()), 1);
     let mut bytes = fs::read(&first).expect("read");
     let at = bytes.len() - 3;
     bytes[at] ^= 0xff;
@@ -205,7 +205,7 @@ fn a_gap_between_live_entries_refuses_to_open() {
     let files = segment_files(dir.path());
     assert!(files.len() >= 3, "{files:?}");
     let middle = files[1];
-    fs::remove_file(segment_path(&dir.path().join("raft-log"), middle)).expect("rm");
+    fs::remove_file(segment_path(&dir_of(dir.path()), middle)).expect("rm");
     let err = LogFiles::open_sized(dir.path(), None, SMALL)
         .err()
         .expect("a missing segment is refused");
@@ -231,7 +231,7 @@ impl Rng {
 /// What a power loss may leave: every segment from the watermark's on keeps its durable bytes
 /// and any prefix of what was written after them; the last one may end in garbage.
 fn power_cut(dir: &Path, durable: Pos, rng: &mut Rng) {
-    let log_dir = dir.join("raft-log");
+    let log_dir = dir_of(dir);
     let names = segment_files(dir);
     for &name in names.iter().filter(|&&n| n >= durable.0) {
         let path = segment_path(&log_dir, name);
