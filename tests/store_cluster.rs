@@ -208,3 +208,24 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The founding member with the lowest id initializes a new cluster; when it is not there (down,
+/// or its disk lost before it replicated anything) the other founders initialize after a grace
+/// period, form the cluster without it, and it joins as soon as it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_founders_form_a_cluster_without_their_first_member() {
+    let mut c = Cluster::start_without(3, 10_000, 1);
+    let leader = c.wait_ready().await;
+    assert_ne!(leader, 1, "node 1 never ran");
+    let mut acked = create_orgs(&c.client(), "without-one", 0..5).await;
+
+    c.node(1).restart();
+    acked.extend(create_orgs(&c.client(), "with-one", 0..5).await);
+    // every running node, node 1 included, at the same applied index and state digest
+    let (applied, _) = c.wait_converged().await;
+    assert!(applied >= 10, "applied index {applied}");
+    let ids: BTreeSet<String> = org_ids(&c.client()).await.into_iter().collect();
+    for id in &acked {
+        assert!(ids.contains(id), "acknowledged org {id} is missing");
+    }
+}

@@ -174,6 +174,16 @@ impl Cluster {
     /// Starts `n` founding nodes; with `tls`, a CA and `store`, `admin` and `gateway`
     /// certificates are made in `<dir>/certs` and the nodes run mutual TLS.
     pub fn start_with(n: u64, snapshot_logs: u64, tls: bool) -> Cluster {
+        Cluster::found(n, snapshot_logs, tls, None)
+    }
+
+    /// Starts founding nodes 1..=n except `absent`, which is listed in `--initial-cluster` and
+    /// has its entry in `nodes` but no process until `restart`.
+    pub fn start_without(n: u64, snapshot_logs: u64, absent: u64) -> Cluster {
+        Cluster::found(n, snapshot_logs, false, Some(absent))
+    }
+
+    fn found(n: u64, snapshot_logs: u64, tls: bool, absent: Option<u64>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = tls.then(|| {
             let c = dir.path().join("certs");
@@ -206,7 +216,8 @@ impl Cluster {
         };
         for (id, addr) in &addrs {
             let extra = vec!["--initial-cluster".to_owned(), initial.clone()];
-            cluster.add_proc(*id, addr, extra, snapshot_logs);
+            let p = cluster.store_proc(*id, addr, extra, snapshot_logs);
+            cluster.push(p, absent != Some(*id));
         }
         cluster
     }
@@ -219,6 +230,19 @@ impl Cluster {
         extra: Vec<String>,
         snapshot_logs: u64,
     ) -> usize {
+        let p = self.store_proc(id, addr, extra, snapshot_logs);
+        self.push(p, true)
+    }
+
+    fn push(&mut self, mut p: StoreProc, spawn: bool) -> usize {
+        if spawn {
+            p.spawn();
+        }
+        self.nodes.push(p);
+        self.nodes.len() - 1
+    }
+
+    fn store_proc(&self, id: u64, addr: &str, extra: Vec<String>, snapshot_logs: u64) -> StoreProc {
         let data_dir = self.dir.path().join(format!("node-{id}"));
         let mut args: Vec<String> = vec![
             "store".into(),
@@ -239,16 +263,13 @@ impl Cluster {
             args.extend(tls_args(c, "store", "--tls"));
         }
         args.extend(extra);
-        let mut p = StoreProc {
+        StoreProc {
             id,
             addr: addr.to_owned(),
             data_dir,
             args,
             child: None,
-        };
-        p.spawn();
-        self.nodes.push(p);
-        self.nodes.len() - 1
+        }
     }
 
     pub fn addrs(&self) -> Vec<String> {

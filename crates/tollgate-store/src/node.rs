@@ -181,7 +181,9 @@ impl StoreNode {
 
         let mut bootstrap = None;
         if let Some(members) = &cfg.initial_cluster {
-            initialize(&raft, members).await?;
+            let grace =
+                Duration::from_millis(cfg.election_timeout_max_ms * FOUNDING_GRACE_TIMEOUTS);
+            found(&raft, members, cfg.node_id, grace).await?;
             bootstrap = Some(tokio::spawn(bootstrap_when_leader(
                 ctx.clone(),
                 cfg.clone(),
@@ -272,8 +274,39 @@ async fn serve(
     }
 }
 
-/// Initializes Raft with the founding members on every founding node (identical member maps
-/// are allowed by openraft); a node that is already initialized keeps its state.
+/// How many maximal election timeouts a founding member other than the first waits to hear
+/// from the cluster before it initializes Raft itself.
+const FOUNDING_GRACE_TIMEOUTS: u64 = 2;
+
+/// Founds a new cluster: the founding member with the lowest id initializes Raft at once; every
+/// other member only if nothing reached it within `grace` (the first member is down, or lost its
+/// disk before it could replicate). Every member initializing at once, which openraft allows,
+/// made same-term candidates step each other down right after bootstrap and left the cluster
+/// without a leader for a whole election timeout (seen as lease acquires failing in `tollgate
+/// dev` under load). A member a candidate has asked for its vote counts as initialized, so the
+/// late path does nothing in a cluster that formed.
+async fn found(
+    raft: &Raft,
+    members: &BTreeMap<NodeId, String>,
+    me: NodeId,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    if members.keys().next() == Some(&me) || raft.is_initialized().await? {
+        return initialize(raft, members).await;
+    }
+    let (raft, members) = (raft.clone(), members.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if let Err(e) = initialize(&raft, &members).await {
+            // also the path of a node shut down within the grace
+            tracing::debug!(error = %e, "late initialization of a founding member");
+        }
+    });
+    Ok(())
+}
+
+/// Initializes Raft with the founding members (identical member maps on several nodes are
+/// allowed by openraft); a node that is already initialized keeps its state.
 async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
     if raft.is_initialized().await? {
         return Ok(());

@@ -174,7 +174,9 @@ async fn start_stores(
         .collect::<anyhow::Result<_>>()?;
     let peer_token = secret::generate("peer");
     let mut nodes = Vec::new();
-    for (node_id, addr) in &members {
+    // the lowest id founds the cluster: started last, it finds its peers up and wins its first
+    // election instead of waiting an election timeout for them
+    for (node_id, addr) in members.iter().rev() {
         let listen: SocketAddr = addr.parse()?;
         let mut cfg = StoreConfig::new(
             *node_id,
@@ -189,6 +191,7 @@ async fn start_stores(
             .with_context(|| format!("starting store node {node_id} on {listen}"))?;
         nodes.push(node);
     }
+    nodes.reverse();
     Ok(nodes)
 }
 
