@@ -231,3 +231,66 @@ async fn a_repeat_while_the_first_is_in_flight_conflicts_then_replays() {
         "the upstream served the key once"
     );
 }
+
+/// Customer connections are served by several event loops (`--event-loops`, one thread each,
+/// sharing the listener): many connections at once all get answers, and on SIGTERM a stream
+/// already under way is relayed to its end (`[DONE]`) before the process exits, while the
+/// listener stops taking new connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_loops_serve_together_and_a_stop_lets_a_running_stream_finish() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = Stack::start(
+        1,
+        |m| vec![model("m", &[&[&m[0]]])],
+        &["--event-loops", "3"],
+    )
+    .await;
+    let answered: Vec<u16> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| s.chat(chat_body(4, false)).status))
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("call")).collect()
+    });
+    assert_eq!(answered, vec![200; 12]);
+
+    // 40 tokens at 20 per second: about two seconds of stream
+    s.behave(0, json!({"tokens_per_sec": 20, "chunk_tokens": 1}));
+    let body = chat_body(40, true).to_string();
+    let mut conn = std::net::TcpStream::connect(&s.gw).expect("connect");
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        s.key,
+        body.len()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while !line.starts_with("data: {") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("read") > 0,
+            "the stream ended before its first event"
+        );
+    }
+    // the first event is here: stop the gateway while the stream runs
+    let pid = s.gateway.pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(sent.is_ok_and(|st| st.success()), "SIGTERM sent");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+    assert!(
+        rest.contains("data: [DONE]"),
+        "the stream was cut by the stop: {rest}"
+    );
+    assert!(
+        s.gateway.terminate(),
+        "the gateway did not exit after the drain"
+    );
+    assert!(
+        std::net::TcpStream::connect(&s.gw).is_err(),
+        "the listener still takes connections"
+    );
+}

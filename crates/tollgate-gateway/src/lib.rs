@@ -151,7 +151,7 @@ pub async fn start_with(
     );
     let gw = Arc::new(Gw {
         router: router::Router::new(settings.routing.clone()),
-        client: upstream::UpstreamClient::new(settings.timeouts.connect),
+        client: upstream::UpstreamClient::new(settings.timeouts.connect, settings.event_loops),
         idempotency: idempotency::Idempotency::new(
             settings.limits.idempotency_keys_max,
             settings.limits.idempotency_ttl,
@@ -166,7 +166,7 @@ pub async fn start_with(
     });
     let (stop, stop_rx) = signal::channel(false);
     let tasks = vec![
-        tokio::spawn(server::serve(gw.clone(), listener, tls, stop_rx.clone())),
+        tokio::spawn(server::run(gw.clone(), listener, tls, stop_rx.clone())),
         tokio::spawn(watch::run(gw.clone(), stop_rx.clone())),
         tokio::spawn(quota::refresh::run(gw.quota.clone(), rpc, stop_rx.clone())),
         tokio::spawn(router::probe::run(

@@ -51,13 +51,92 @@ pub fn tls_acceptor(s: &Settings) -> Result<Option<TlsAcceptor>, StartError> {
     Ok(Some(TlsAcceptor::from(Arc::new(cfg))))
 }
 
-pub async fn serve(
+/// Serves customer connections: on the caller's runtime, or on `settings.event_loops` event
+/// loops of their own (one thread and single-threaded runtime each, all accepting from the one
+/// listener, so a connection and its upstream connections stay on one thread). Resolves when
+/// every loop has stopped. The connection cap is shared by all loops.
+pub async fn run(
+    gw: Arc<Gw>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(gw.settings.limits.connections_max));
+    let loops = gw.settings.event_loops;
+    if loops == 0 {
+        return serve(gw, listener, tls, stop, slots).await;
+    }
+    let std_listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the customer listener could not be shared");
+            return;
+        }
+    };
+    let mut threads = Vec::new();
+    for i in 0..loops {
+        let (gw, tls, stop, slots) = (gw.clone(), tls.clone(), stop.clone(), slots.clone());
+        let l = match std_listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "sharing the customer listener");
+                break;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("tollgate-loop-{i}"))
+            .spawn(move || event_loop(i + 1, gw, l, tls, stop, slots));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "starting an event loop thread"),
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+}
+
+/// One event loop: a single-threaded runtime serving connections from its copy of the listener.
+fn event_loop(
+    shard: usize,
+    gw: Arc<Gw>,
+    listener: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return tracing::error!(error = %e, "building an event loop"),
+    };
+    crate::upstream::set_shard(shard);
+    let all = u32::try_from(gw.settings.limits.connections_max).unwrap_or(u32::MAX);
+    rt.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(l) => serve(gw, l, tls, stop, slots.clone()).await,
+            Err(e) => tracing::error!(error = %e, "registering the customer listener"),
+        }
+        // open connections drain (each bounded by DRAIN) on this loop: every permit back means
+        // every loop's connections have ended
+        let _ = tokio::time::timeout(DRAIN, slots.acquire_many(all)).await;
+    });
+    // what is still open after the drain is dropped here, on its own thread
+    rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+async fn serve(
     gw: Arc<Gw>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
 ) {
-    let slots = Arc::new(Semaphore::new(gw.settings.limits.connections_max));
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {

@@ -29,6 +29,9 @@ pub struct Settings {
     pub journal_sync: std::time::Duration,
     /// Mutual TLS to the store (the cluster CA, this gateway's certificate and key).
     pub store_tls: Option<tollgate_proto::tls::TlsFiles>,
+    /// Customer connections are served by this many event loops, each a single-threaded
+    /// runtime on its own thread sharing the listener; 0 serves them on the caller's runtime.
+    pub event_loops: usize,
 }
 
 /// Size and connection limits on the customer listener.
@@ -152,6 +155,7 @@ impl Settings {
             quota: crate::quota::QuotaSettings::default(),
             journal: true,
             journal_sync: crate::journal::SYNC_EVERY,
+            event_loops: 0,
             store_tls: None,
         }
     }

@@ -107,10 +107,24 @@ pub enum SendError {
     Build(#[from] hyper::http::Error),
 }
 
+/// Idle connections per host, one map per event loop (index 0: the shared worker pool).
+type Pools = Arc<[Mutex<HashMap<String, Vec<UpConn>>>]>;
+
 #[derive(Clone)]
 pub struct UpstreamClient {
-    idle: Arc<Mutex<HashMap<String, Vec<UpConn>>>>,
+    idle: Pools,
     connect_timeout: Duration,
+}
+
+thread_local! {
+    /// Which pool this thread's requests use: its event loop's own, so a connection is only
+    /// ever driven by the loop whose reactor it is registered with.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Binds the calling thread (an event loop, `1..=loops`) to its own pool of idle connections.
+pub fn set_shard(shard: usize) {
+    SHARD.with(|s| s.set(shard));
 }
 
 /// `http://host:port/prefix` → (`host:port`, `/prefix`).
@@ -129,15 +143,21 @@ fn split_url(base: &str) -> Result<(&str, &str), SendError> {
 }
 
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration) -> UpstreamClient {
+    /// A client for `loops` event loops (0: requests run on a shared worker pool).
+    pub fn new(connect_timeout: Duration, loops: usize) -> UpstreamClient {
         UpstreamClient {
-            idle: Arc::new(Mutex::new(HashMap::new())),
+            idle: (0..=loops).map(|_| Mutex::new(HashMap::new())).collect(),
             connect_timeout,
         }
     }
 
+    fn pool(&self) -> &Mutex<HashMap<String, Vec<UpConn>>> {
+        let shard = SHARD.with(std::cell::Cell::get);
+        &self.idle[shard.min(self.idle.len() - 1)]
+    }
+
     fn checkout(&self, host: &str) -> Option<UpConn> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.pool().lock().ok()?;
         let list = idle.get_mut(host)?;
         while let Some(mut c) = list.pop() {
             if c.idle_since.elapsed() < IDLE_MAX && c.reusable() {
@@ -153,7 +173,7 @@ impl UpstreamClient {
             return;
         }
         conn.idle_since = Instant::now();
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Ok(mut idle) = self.pool().lock() {
             let list = idle.entry(conn.host.clone()).or_default();
             if list.len() < IDLE_PER_HOST_MAX {
                 list.push(conn);

@@ -98,6 +98,10 @@ pub struct Tuning {
     /// or kernel crash can take of it (a killed process loses nothing). Default 2.
     #[arg(long)]
     pub journal_sync_ms: Option<u64>,
+    /// Event loops serving customer connections, one thread each (default: one per core; 0:
+    /// on the shared worker pool).
+    #[arg(long, env = "TOLLGATE_EVENT_LOOPS")]
+    pub event_loops: Option<usize>,
 }
 
 fn ms(v: Option<u64>, into: &mut Duration) {
@@ -136,6 +140,13 @@ impl Tuning {
         ms(self.probe_interval_ms, &mut r.probe_interval);
         ms(self.admit_wait_ms, &mut s.quota.admit_wait);
         s.journal = !self.no_journal;
+        s.event_loops = match self.event_loops {
+            Some(n) => {
+                anyhow::ensure!(n <= 256, "--event-loops must be between 0 and 256");
+                n
+            }
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
         if let Some(v) = self.journal_sync_ms {
             anyhow::ensure!(
                 (1..=1000).contains(&v),

@@ -36,7 +36,7 @@ pub enum Command {
     /// seeded with a demo tenant.
     Dev(dev_cmd::DevArgs),
     /// Run an OpenAI-compatible gateway node.
-    Gateway(gateway_cmd::GatewayArgs),
+    Gateway(Box<gateway_cmd::GatewayArgs>),
     /// Run the simulated OpenAI-compatible model server (tests, benchmarks, chaos runs).
     MockUpstream(mock_cmd::MockArgs),
     /// Run a quota-store node.
@@ -123,7 +123,7 @@ pub fn init_tracing(filter: Option<&str>) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(a) => dev_cmd::run(a).await,
-        Command::Gateway(a) => gateway_cmd::run(a).await,
+        Command::Gateway(a) => gateway_cmd::run(*a).await,
         Command::MockUpstream(a) => mock_cmd::run(a).await,
         Command::Store(a) => store_cmd::run(a).await,
         Command::Admin(a) => admin_cmd::run(a).await,
