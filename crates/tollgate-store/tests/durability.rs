@@ -108,6 +108,42 @@ async fn the_log_meter_counts_what_is_in_the_log_across_restarts() {
     );
 }
 
+/// The move out of sled crashed after the entries were in the files but while sled was still
+/// removing them from its tree (one key at a time): the next open finishes the removal and
+/// keeps the files as they are instead of copying the leftover suffix over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_out_of_sled_cut_short_while_emptying_the_tree_keeps_the_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entry = |i: u64| {
+        let e = blank_ent::<TypeConfig>(1, 1, i);
+        tollgate_store::codec::encode(&e).expect("encode")
+    };
+    {
+        let durable = Durable::open(dir.path()).expect("open");
+        let tree = durable.tree("raft_log").expect("tree");
+        for i in 1..=5u64 {
+            tree.insert(&i.to_be_bytes()[..], entry(i)).expect("insert");
+        }
+        durable.sync_blocking().expect("sync");
+    }
+    drop(LogStore::open(Durable::open(dir.path()).expect("reopen")).expect("moved"));
+    {
+        // what a crash part-way through the tree's removal leaves: a suffix of it
+        let durable = Durable::open(dir.path()).expect("reopen");
+        let tree = durable.tree("raft_log").expect("tree");
+        for i in 4..=5u64 {
+            tree.insert(&i.to_be_bytes()[..], entry(i)).expect("insert");
+        }
+        durable.sync_blocking().expect("sync");
+    }
+    let durable = Durable::open(dir.path()).expect("reopen");
+    let mut log = LogStore::open(durable.clone()).expect("log store");
+    let entries = log.try_get_log_entries(0..100).await.expect("entries");
+    let indexes: Vec<u64> = entries.iter().map(|e| e.index()).collect();
+    assert_eq!(indexes, vec![1, 2, 3, 4, 5]);
+    assert!(durable.tree("raft_log").expect("tree").is_empty());
+}
+
 /// A data dir written before the log had files of its own keeps its entries in sled's
 /// `raft_log` tree: the next open moves them into the log files (synced), empties the tree, and
 /// the log goes on from there.

@@ -66,6 +66,9 @@ impl Durable {
             .open()
             .map_err(sled_err)?;
         let data_file = File::open(dir.join("db"))?;
+        // a new node's first vote must not vanish with the directory entries of sled's files
+        File::open(&dir)?.sync_all()?;
+        File::open(data_dir)?.sync_all()?;
         let inner = Arc::new(Inner {
             db,
             data_file,

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
+/// Set once the entries of an old data dir's sled log are in the files (`move_out_of_sled`).
+const LOG_MOVED: &[u8] = b"log_moved_to_files";
 /// The sled tree the log's entries lived in before they moved to their own files.
 const SLED_LOG_TREE: &str = "raft_log";
 
@@ -44,7 +46,7 @@ impl LogStore {
         let meta = durable.tree("raft_meta")?;
         let last_purged = meta_get::<LogId>(&meta, LAST_PURGED)?.map(|l| l.index());
         let mut files = LogFiles::open(durable.data_dir(), last_purged)?;
-        move_out_of_sled(&durable, &mut files, last_purged)?;
+        move_out_of_sled(&durable, &meta, &mut files, last_purged)?;
         let active = files.active();
         let group_commit = GroupCommit::start("tollgate-log-sync", move || active.sync())?;
         durable.log_meter().add(files.bytes());
@@ -92,10 +94,13 @@ fn meta_get<T: serde::de::DeserializeOwned>(
 }
 
 /// A data dir from before the log had files of its own keeps its entries in sled: they are
-/// written to the (emptied) files and synced, and only then removed from sled. A crash half-way
-/// leaves them in sled, and the next open starts over.
+/// written to the (emptied) files and synced, a mark saying so is synced in `meta`, and only then
+/// are they removed from sled. A crash before the mark leaves them in sled and the next open
+/// starts over; after it, the next open only finishes the removal (sled removes a tree's keys
+/// one by one, so a crash half-way can leave a suffix of them, never to be copied again).
 fn move_out_of_sled(
     durable: &Durable,
+    meta: &sled::Tree,
     files: &mut LogFiles,
     last_purged: Option<u64>,
 ) -> io::Result<()> {
@@ -103,24 +108,38 @@ fn move_out_of_sled(
     if old.is_empty() {
         return Ok(());
     }
-    files.truncate(0, None)?;
-    let mut records = Vec::new();
-    for item in old.iter() {
-        let (_, bytes) = item.map_err(sled_err)?;
-        let entry: Entry = decode(&bytes)?;
-        if last_purged.is_none_or(|p| entry.index() > p) {
-            records.push((entry.log_id, bytes.to_vec()));
+    if meta.get(LOG_MOVED).map_err(sled_err)?.is_none() {
+        files.truncate(0, None)?;
+        let mut records = Vec::new();
+        for item in old.iter() {
+            let (_, bytes) = item.map_err(sled_err)?;
+            let entry: Entry = decode(&bytes)?;
+            if last_purged.is_none_or(|p| entry.index() > p) {
+                records.push((entry.log_id, bytes.to_vec()));
+            }
         }
+        files.append(&records)?;
+        files.active().sync()?;
+        meta.insert(LOG_MOVED, &[1u8]).map_err(sled_err)?;
+        durable.sync_blocking()?;
+        tracing::info!(
+            entries = records.len(),
+            "moved the raft log out of sled into raft-log/"
+        );
     }
-    files.append(&records)?;
-    files.active().sync()?;
     old.clear().map_err(sled_err)?;
-    durable.sync_blocking()?;
-    tracing::info!(
-        entries = records.len(),
-        "moved the raft log out of sled into raft-log/"
-    );
-    Ok(())
+    durable.sync_blocking()
+}
+
+/// `committed`, or the last entry the log holds when that is further: the log that survived a
+/// power loss is a prefix of what was accepted when `committed` was saved (truncations are
+/// synced at once, appends in order), so every entry of it up to `committed` is committed.
+fn committed_within(committed: Option<LogId>, last: Option<LogId>) -> Option<LogId> {
+    match (committed, last) {
+        (Some(c), Some(l)) if c.index() > l.index() => Some(l),
+        (Some(_), None) => None,
+        (c, _) => c,
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -177,13 +196,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Not synced on its own: a lost `committed` only means fewer entries are re-applied at
-    /// startup; the next append's sync covers it.
+    /// startup. It can also reach the disk (with sled's next flush) ahead of the entries it
+    /// covers — a follower's committed index follows what it accepted, not what it synced — so
+    /// it is read back no further than the log that survived.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.meta_put(COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.meta_get::<Option<LogId>>(COMMITTED)?.flatten())
+        let committed = self.meta_get::<Option<LogId>>(COMMITTED)?.flatten();
+        let last_purged: Option<LogId> = self.meta_get(LAST_PURGED)?;
+        let last = self.files().last_log_id().or(last_purged);
+        Ok(committed_within(committed, last))
     }
 
     async fn append<I>(
@@ -241,5 +265,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let removed = self.files().purge(log_id.index());
         self.durable.log_meter().sub(removed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::committed_within;
+    use crate::types::{LogId, TypeConfig};
+    use openraft::testing::log_id;
+
+    fn at(index: u64) -> LogId {
+        log_id::<TypeConfig>(1, 1, index)
+    }
+
+    #[test]
+    fn committed_is_read_back_no_further_than_the_log() {
+        assert_eq!(committed_within(Some(at(9)), Some(at(5))), Some(at(5)));
+        assert_eq!(committed_within(Some(at(3)), Some(at(5))), Some(at(3)));
+        assert_eq!(committed_within(Some(at(3)), None), None);
+        assert_eq!(committed_within(None, Some(at(5))), None);
     }
 }

@@ -23,6 +23,18 @@ struct State {
     /// Bytes of whole frames written to it.
     written: u64,
     durable: Pos,
+    /// Moved by every switch: a sync that began before one (a truncation of the same file
+    /// included) must not move the watermark when it returns, since what it covered may be gone
+    /// and what is written now may lie below the offset it read.
+    switches: u64,
+}
+
+/// What a sync of the active segment covers, read when it begins.
+pub(super) struct Covers {
+    name: u64,
+    file: Arc<File>,
+    written: u64,
+    switches: u64,
 }
 
 impl ActiveFile {
@@ -37,6 +49,7 @@ impl ActiveFile {
         s.file = Some((name, file));
         s.written = len;
         s.durable = (name, len);
+        s.switches += 1;
     }
 
     /// Frames up to byte `len` of the active segment are written.
@@ -48,30 +61,38 @@ impl ActiveFile {
     /// started): every frame written before this call is durable when it returns. Skipped when
     /// nothing was written since the watermark.
     pub fn sync(&self) -> io::Result<()> {
-        let active = {
-            let s = self.lock();
-            match &s.file {
-                Some((name, f)) if s.durable < (*name, s.written) => {
-                    Some((*name, f.clone(), s.written))
-                }
-                _ => None,
-            }
-        };
-        let Some((name, file, written)) = active else {
+        let Some(covers) = self.begin() else {
             return Ok(());
         };
-        file.sync_data()?;
+        covers.file.sync_data()?;
         count_sync();
-        let mut s = self.lock();
-        // unless the log switched segments meanwhile: the switch set the watermark
-        let same = s
-            .file
-            .as_ref()
-            .is_some_and(|(n, f)| *n == name && Arc::ptr_eq(f, &file));
-        if same && s.durable.1 < written {
-            s.durable = (name, written);
-        }
+        self.finish(&covers);
         Ok(())
+    }
+
+    /// What a sync starting now covers; `None` when nothing was written since the watermark.
+    pub(super) fn begin(&self) -> Option<Covers> {
+        let s = self.lock();
+        match &s.file {
+            Some((name, f)) if s.durable < (*name, s.written) => Some(Covers {
+                name: *name,
+                file: f.clone(),
+                written: s.written,
+                switches: s.switches,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The sync that `covers` describes returned: the watermark moves to what was written when
+    /// it began — unless the log switched segments or truncated meanwhile (the switch set the
+    /// watermark, and a truncation may have cut below `written`: frames written after it, at
+    /// lower offsets, were not covered).
+    pub(super) fn finish(&self, covers: &Covers) {
+        let mut s = self.lock();
+        if s.switches == covers.switches && s.durable.1 < covers.written {
+            s.durable = (covers.name, covers.written);
+        }
     }
 
     /// The durable watermark.

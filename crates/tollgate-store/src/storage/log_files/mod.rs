@@ -245,8 +245,9 @@ impl LogFiles {
     }
 
     /// Removes every entry from index `from` on; returns the frame bytes removed. Durable when
-    /// it returns: later segments are deleted first, then the cut segment is shortened and
-    /// synced, so a crash half-way leaves a prefix of the log as it was.
+    /// it returns: later segments are deleted first, the last one first, then the cut segment is
+    /// shortened and synced, so a crash half-way leaves a prefix of the log as it was (deleting
+    /// the first later segment first could leave a gap, which recovery refuses).
     pub fn truncate(&mut self, from: u64, last_log_id: Option<LogId>) -> io::Result<u64> {
         let Some(next) = self.next_index() else {
             return Ok(0);
@@ -262,7 +263,7 @@ impl LogFiles {
             .range(cut.segment + 1..)
             .map(|(k, _)| *k)
             .collect();
-        for name in later {
+        for name in later.into_iter().rev() {
             self.segments.remove(&name);
             fs::remove_file(segment_path(&self.dir, name))?;
         }

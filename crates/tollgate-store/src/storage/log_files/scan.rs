@@ -116,6 +116,13 @@ fn scan_segment(
         let len = FRAME_HEADER + record.len() as u64;
         if last_purged.is_none_or(|p| entry.index() > p) {
             if found.locs.is_empty() {
+                if last_purged.is_some_and(|p| entry.index() != p + 1) {
+                    return Err(damaged(
+                        path,
+                        offset,
+                        "entries missing after the purged ones",
+                    ));
+                }
                 found.first = entry.index();
             } else if found.first + found.locs.len() as u64 != entry.index() {
                 return Err(damaged(path, offset, "a gap in the log"));

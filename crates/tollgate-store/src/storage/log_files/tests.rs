@@ -212,6 +212,46 @@ fn a_gap_between_live_entries_refuses_to_open() {
     assert!(err.to_string().contains("gap"), "{err}");
 }
 
+#[test]
+fn a_log_missing_the_entries_right_after_the_purged_ones_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(filled(dir.path(), 20));
+    let files = segment_files(dir.path());
+    // the mark says entries up to 3 are purged: the log must go on at 4
+    fs::remove_file(segment_path(&dir_of(dir.path()), files[0])).expect("rm");
+    let err = LogFiles::open_sized(dir.path(), Some(3), SMALL)
+        .err()
+        .expect("a lost first segment is refused");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(LogFiles::open_sized(dir.path(), Some(files[1] - 1), SMALL).is_ok());
+}
+
+/// A truncation while a sync of the same segment is running: when that sync returns, frames
+/// written after the cut (at offsets below what the sync read as written) were not covered by
+/// it, so the watermark stays at the cut and the next sync is a real one.
+#[test]
+fn a_sync_overtaken_by_a_truncation_does_not_vouch_for_what_came_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = open(dir.path(), None);
+    log.append(&records(1, 3)).expect("append");
+    let active = log.active();
+    let covers = active.begin().expect("unsynced frames");
+    let cut = active.durable();
+    log.truncate(2, Some(records(1, 1)[0].0)).expect("truncate");
+    let at_cut = active.durable();
+    assert!(at_cut > cut, "the truncation synced the cut");
+    log.append(&records(2, 2)).expect("append after the cut");
+    active.finish(&covers);
+    assert_eq!(
+        active.durable(),
+        at_cut,
+        "the overtaken sync moved the watermark"
+    );
+    assert!(active.begin().is_some(), "the new frame still needs a sync");
+    active.sync().expect("sync");
+    assert!(active.begin().is_none());
+}
+
 /// xorshift64: a seeded sequence for the power-cut rounds (no dependency, reproducible).
 struct Rng(u64);
 
