@@ -7,7 +7,7 @@
 //!
 //! A follower that does not know the RPC (a node of an older version during a rolling upgrade)
 //! answers `Unimplemented`: the session fails once and the peer is then served one request at
-//! a time, as before.
+//! a time, as before, with a stream tried again a minute later.
 //!
 //! Deadline: an answer must come within `hard_ttl` (the heartbeat interval) of its request being
 //! sent, like the unary RPC's deadline; an idle stream (nothing outstanding) never times out.
@@ -23,6 +23,7 @@ use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tollgate_proto::raft::RaftPayload;
 use tonic::Streaming;
 
@@ -64,6 +65,11 @@ struct Inbound {
     answers: Streaming<RaftPayload>,
     outstanding: Outstanding,
     ttl: Duration,
+    /// Dropped with the session: ends the request stream. Dropping the answers alone does not
+    /// reset an HTTP/2 stream whose response head arrived, and hyper would go on pulling
+    /// requests from openraft's stream — which the next session shares — onto a stream whose
+    /// answers nobody reads.
+    _ends_requests: oneshot::Sender<()>,
 }
 
 impl Inbound {
@@ -121,11 +127,13 @@ where
         let mut client = peer.client()?;
         let outstanding = Outstanding::default();
         let ttl = option.hard_ttl();
-        let call = client.stream_append(outbound(input, outstanding.clone()));
+        let (ends_requests, ended) = oneshot::channel();
+        let requests = outbound(input, outstanding.clone()).take_until(ended);
+        let call = client.stream_append(requests);
         let answers = match tokio::time::timeout(ttl, call).await {
             Ok(Ok(resp)) => resp.into_inner(),
             Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                peer.one_at_a_time = true;
+                peer.one_at_a_time = Some(Instant::now());
                 return Err(status_error(peer.target, &s));
             }
             Ok(Err(s)) => return Err(status_error(peer.target, &s)),
@@ -142,6 +150,7 @@ where
             answers,
             outstanding,
             ttl,
+            _ends_requests: ends_requests,
         };
         // yields answers until the stream ends, an error, or an answer that stops the session
         // (a conflict or a higher vote), which is yielded and ends it

@@ -133,9 +133,14 @@ type Client = RaftClient<InterceptedService<Channel, PeerToken>>;
 pub struct PeerClient {
     target: NodeId,
     client: Result<Client, String>,
-    /// The peer does not take `StreamAppend` (an older version): one unary RPC per request.
-    one_at_a_time: bool,
+    /// Since when the peer has not taken `StreamAppend` (an older version): one unary RPC per
+    /// request, and a stream is tried again after `STREAM_RETRY` (the peer may be upgraded).
+    one_at_a_time: Option<std::time::Instant>,
 }
+
+/// How long a peer that refused the replication stream is served one request at a time before
+/// a stream is tried again.
+const STREAM_RETRY: Duration = Duration::from_secs(60);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -149,7 +154,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             client,
-            one_at_a_time: false,
+            one_at_a_time: None,
         }
     }
 }
@@ -234,9 +239,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             + Unpin
             + 'static,
     {
-        if self.one_at_a_time {
+        if self
+            .one_at_a_time
+            .is_some_and(|t| t.elapsed() < STREAM_RETRY)
+        {
             return openraft::network::stream_append_sequential(self, input, option);
         }
+        self.one_at_a_time = None;
         append_stream::stream_append(self, input, option)
     }
 

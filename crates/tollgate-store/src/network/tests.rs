@@ -10,9 +10,12 @@ use tonic::{Request, Response, Status, Streaming};
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 /// A peer that answers unary appends with success; its `StreamAppend` is either missing (an
-/// older version) or accepts a stream and never answers.
+/// older version) or accepts a stream and never answers, and reports on `ended` when the
+/// stream of requests it got ends.
+#[derive(Default)]
 struct FakePeer {
     streams: bool,
+    ended: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 }
 
 #[tonic::async_trait]
@@ -31,8 +34,15 @@ impl RaftRpc for FakePeer {
 
     async fn stream_append(
         &self,
-        _req: Request<Streaming<RaftPayload>>,
+        req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        if let Some(ended) = self.ended.clone() {
+            let mut requests = req.into_inner();
+            tokio::spawn(async move {
+                while let Ok(Some(_)) = requests.message().await {}
+                let _ = ended.send(());
+            });
+        }
         if self.streams {
             Ok(Response::new(Box::pin(futures::stream::pending())))
         } else {
@@ -90,7 +100,7 @@ fn one_append() -> futures::stream::Iter<std::vec::IntoIter<AppendEntriesRequest
 
 #[tokio::test]
 async fn a_peer_without_the_stream_rpc_is_served_one_request_at_a_time() {
-    let (addr, _stop) = serve(FakePeer { streams: false }).await;
+    let (addr, _stop) = serve(FakePeer::default()).await;
     let mut client = peer_client(&addr).await;
     let option = RPCOption::new(Duration::from_secs(5));
     let failed = client
@@ -98,7 +108,7 @@ async fn a_peer_without_the_stream_rpc_is_served_one_request_at_a_time() {
         .await
         .is_err();
     assert!(failed, "the first session fails on Unimplemented");
-    assert!(client.one_at_a_time);
+    assert!(client.one_at_a_time.is_some());
     let mut answers = client
         .stream_append(one_append(), option)
         .await
@@ -112,7 +122,11 @@ async fn a_peer_without_the_stream_rpc_is_served_one_request_at_a_time() {
 
 #[tokio::test]
 async fn an_append_without_an_answer_ends_the_stream_with_an_error() {
-    let (addr, _stop) = serve(FakePeer { streams: true }).await;
+    let (addr, _stop) = serve(FakePeer {
+        streams: true,
+        ..FakePeer::default()
+    })
+    .await;
     let mut client = peer_client(&addr).await;
     let mut answers = client
         .stream_append(one_append(), RPCOption::new(Duration::from_millis(200)))
@@ -124,7 +138,33 @@ async fn an_append_without_an_answer_ends_the_stream_with_an_error() {
     assert!(answers.next().await.is_none(), "the session ends");
     drop(answers);
     assert!(
-        !client.one_at_a_time,
+        client.one_at_a_time.is_none(),
         "a silent peer is no reason to stop streaming"
+    );
+}
+
+/// A session that ended (here: no answer in time) ends its stream of requests too, even though
+/// openraft's request stream, which the next session reuses, has not ended.
+#[tokio::test]
+async fn an_ended_session_stops_sending_requests() {
+    let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let (addr, _stop) = serve(FakePeer {
+        streams: true,
+        ended: Some(tx),
+    })
+    .await;
+    let mut client = peer_client(&addr).await;
+    let requests = one_append().chain(futures::stream::pending());
+    let mut answers = client
+        .stream_append(requests, RPCOption::new(Duration::from_millis(200)))
+        .await
+        .expect("the stream opens");
+    let answer = answers.next().await.expect("an answer or an error");
+    assert!(answer.is_err(), "the silent peer is reported");
+    drop(answers);
+    let end = tokio::time::timeout(Duration::from_secs(30), ended.recv()).await;
+    assert!(
+        end.is_ok_and(|e| e.is_some()),
+        "the peer still has an open stream of requests"
     );
 }

@@ -146,7 +146,14 @@ fn scan_segment(
             ));
         }
         // a frame cut by a crash: never acknowledged (appends are acknowledged after the sync
-        // that covers them, and a segment is synced before the next one starts)
+        // that covers them, and a segment is synced before the next one starts). Media damage
+        // in the last segment looks the same: say how much goes, so an operator can tell
+        tracing::warn!(
+            segment = %path.display(),
+            at = offset,
+            bytes = size - offset,
+            "cutting an unfinished write off the end of the raft log"
+        );
         file.set_len(offset)?;
         file.sync_all()?;
     }
