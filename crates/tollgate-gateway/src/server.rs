@@ -91,6 +91,13 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "starting an event loop thread"),
         }
     }
+    if threads.is_empty() {
+        // no loop could start (out of threads or memory): serve here rather than not at all
+        match TcpListener::from_std(std_listener) {
+            Ok(l) => return serve(gw, l, tls, stop, slots).await,
+            Err(e) => return tracing::error!(error = %e, "registering the customer listener"),
+        }
+    }
     let _ = tokio::task::spawn_blocking(move || {
         for t in threads {
             let _ = t.join();
