@@ -11,6 +11,7 @@ use crate::outcome::Outcome;
 use crate::state::{InvariantViolation, State, Touched};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use tollgate_types::error::ApiError;
 use tollgate_types::lease::{
     ACQUIRE_ITEMS_MAX, LEASE_TTL_MS, REQUEST_DURATION_MAX_MS, RESERVE_TTL_MS, Return,
@@ -309,6 +310,14 @@ impl State {
     }
 
     /// Settles `amount` of usage by `holder` into a volume bucket, drawing on its lease first.
+    /// Settles `amount` into a bucket, drawing first on the leases of `holder`'s earlier
+    /// incarnations (`gateway-id:…`, the same gateway restarted), then on `holder`'s own. A
+    /// restarted gateway ships what its previous incarnation admitted (replayed from its
+    /// journal) and those holds were taken for exactly that; settled against the new holder
+    /// alone, the usage counted twice — still held by the old lease, and settled — and showed up
+    /// as debt on a budget its leases nearly filled (found by chaos `gateway-crash`). Usage of
+    /// the new incarnation drawn on an old lease leaves its own lease holding more than its
+    /// gateway counts: conservative, and the stranded old hold is freed sooner.
     pub(crate) fn settle_into(
         &mut self,
         holder: &str,
@@ -316,25 +325,59 @@ impl State {
         limit: u64,
         amount: u64,
     ) {
-        let lease_id = self
-            .leases
-            .by_holder
-            .get(&(holder.to_owned(), bucket_id.clone()))
-            .copied();
-        let from_lease = match lease_id.and_then(|id| self.leases.by_id.get_mut(&id)) {
-            Some(lease) => {
-                let take = amount.min(lease.remaining());
+        let mut lease_ids = self.earlier_incarnations(holder, &bucket_id);
+        lease_ids.extend(
+            self.leases
+                .by_holder
+                .get(&(holder.to_owned(), bucket_id.clone()))
+                .copied(),
+        );
+        let mut from_leases = 0;
+        for id in lease_ids {
+            if let Some(lease) = self.leases.by_id.get_mut(&id) {
+                let take = (amount - from_leases).min(lease.remaining());
                 lease.settled += take;
-                take
+                from_leases += take;
             }
-            None => 0,
-        };
+        }
         let bucket = self.buckets.entry(bucket_id).or_insert_with(|| Bucket {
             limit,
             ..Default::default()
         });
-        bucket.held = bucket.held.saturating_sub(from_lease);
+        bucket.held = bucket.held.saturating_sub(from_leases);
         bucket.settle(amount);
+    }
+
+    /// The live leases on `bucket` of the other incarnations of `holder`'s gateway id, in
+    /// holder order (deterministic); none for a holder without an incarnation part.
+    fn earlier_incarnations(&self, holder: &str, bucket: &BucketId) -> Vec<u64> {
+        let mut found = Vec::new();
+        let Some((gateway, _)) = holder.split_once(':') else {
+            return found;
+        };
+        let prefix = format!("{gateway}:");
+        let mut from = prefix.clone();
+        // one lookup per holder under the prefix: jump past each holder's keys
+        while let Some(((h, _), _)) = self
+            .leases
+            .by_holder
+            .range((
+                Bound::Included((from.clone(), bucket.clone())),
+                Bound::Unbounded,
+            ))
+            .next()
+        {
+            if !h.starts_with(&prefix) {
+                break;
+            }
+            if h != holder
+                && let Some(id) = self.leases.by_holder.get(&(h.clone(), bucket.clone()))
+            {
+                found.push(*id);
+            }
+            from = format!("{h}\0");
+        }
+        found
     }
 
     pub(crate) fn reschedule_lease(&mut self, id: u64, release_at_ms: u64) {

@@ -765,3 +765,55 @@ fn a_batch_applies_like_its_requests_one_by_one() {
     assert_eq!(batched, one_by_one, "the same state");
     assert_eq!(batched.ledger.len(), 3, "r2 once");
 }
+
+/// A restarted gateway (a new incarnation, `gw0:b`, of the same id) ships what its previous
+/// incarnation `gw0:a` admitted, replayed from its journal: those records draw on `gw0:a`'s lease,
+/// whose hold was taken for them, instead of counting twice (held there, settled here) as debt.
+/// Another gateway's lease is never drawn on.
+#[test]
+fn records_a_restarted_gateway_replays_draw_on_its_earlier_incarnations_leases() {
+    let mut f = Fixture::new();
+    f.run(Command::PutLimit(limit(0, 100, 0)));
+    let lease = |gateway: &str, want: u64| Command::Acquire {
+        gateway: gateway.into(),
+        wants: vec![Want {
+            limit: budget_key(),
+            want,
+            unit: 10,
+            overrun: 0,
+        }],
+        returns: vec![],
+        usage: vec![],
+    };
+    assert_eq!(grants(f.run(lease("gw0:a", 70)))[0].granted, 70);
+    assert_eq!(grants(f.run(lease("gw01:x", 30)))[0].granted, 30);
+    // gw0 restarts: its new incarnation ships 60 units the first one admitted
+    let replayed = |rid: u8, tokens: u64| Command::Acquire {
+        gateway: "gw0:b".into(),
+        wants: vec![],
+        returns: vec![],
+        usage: vec![record(rid, tokens, 0)],
+    };
+    f.run(replayed(1, 60));
+    let b = f.state.buckets.values().next().expect("bucket");
+    assert_eq!((b.settled, b.held, b.debt), (60, 40, 0));
+    let left = |holder: &str| {
+        f.state
+            .leases
+            .by_id
+            .values()
+            .find(|l| l.holder == holder)
+            .map(|l| l.remaining())
+    };
+    assert_eq!(left("gw0:a"), Some(10));
+    assert_eq!(
+        left("gw01:x"),
+        Some(30),
+        "another gateway's lease is untouched"
+    );
+    // beyond what the earlier incarnation holds, the usage is over-admission: debt
+    f.run(replayed(2, 25));
+    let b = f.state.buckets.values().next().expect("bucket");
+    assert_eq!((b.settled, b.held, b.debt), (85, 30, 15));
+    f.state.check_all_invariants().expect("QL-1 holds");
+}
