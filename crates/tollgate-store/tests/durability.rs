@@ -10,6 +10,25 @@ use openraft::type_config::alias::VoteOf;
 use tollgate_store::storage::{Durable, LogStore, sync_count};
 use tollgate_store::types::TypeConfig;
 
+/// Opens a data dir an earlier handle of this process used. sled releases its file lock only
+/// when its background work on the dropped handle has finished, so a reopen in the same
+/// process waits for the lock (bounded); a restarted process never has to.
+fn reopen(dir: &std::path::Path) -> Durable {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Durable::open(dir) {
+            Ok(d) => return d,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 fn vote(term: u64, node: u64) -> VoteOf<TypeConfig> {
     openraft::impls::Vote::new(term, node)
 }
@@ -54,7 +73,7 @@ async fn every_acknowledged_write_is_synced_and_survives_reopen() {
         assert!(sync_count() > before, "purge returned without a sync");
     }
     // reopen: the state is exactly what was acknowledged
-    let mut log = LogStore::open(Durable::open(dir.path()).expect("reopen")).expect("log store");
+    let mut log = LogStore::open(reopen(dir.path())).expect("log store");
     assert_eq!(log.read_vote().await.expect("vote"), Some(vote(3, 1)));
     let entries = log.try_get_log_entries(0..100).await.expect("entries");
     let indexes: Vec<u64> = entries.iter().map(|e| e.index()).collect();
@@ -98,7 +117,7 @@ async fn the_log_meter_counts_what_is_in_the_log_across_restarts() {
         assert_eq!(meter.total(), full / 3);
         full
     };
-    let durable = Durable::open(dir.path()).expect("reopen");
+    let durable = reopen(dir.path());
     let meter = durable.log_meter();
     let _log = LogStore::open(durable).expect("log store");
     assert_eq!(
@@ -126,17 +145,17 @@ async fn a_move_out_of_sled_cut_short_while_emptying_the_tree_keeps_the_files() 
         }
         durable.sync_blocking().expect("sync");
     }
-    drop(LogStore::open(Durable::open(dir.path()).expect("reopen")).expect("moved"));
+    drop(LogStore::open(reopen(dir.path())).expect("moved"));
     {
         // what a crash part-way through the tree's removal leaves: a suffix of it
-        let durable = Durable::open(dir.path()).expect("reopen");
+        let durable = reopen(dir.path());
         let tree = durable.tree("raft_log").expect("tree");
         for i in 4..=5u64 {
             tree.insert(&i.to_be_bytes()[..], entry(i)).expect("insert");
         }
         durable.sync_blocking().expect("sync");
     }
-    let durable = Durable::open(dir.path()).expect("reopen");
+    let durable = reopen(dir.path());
     let mut log = LogStore::open(durable.clone()).expect("log store");
     let entries = log.try_get_log_entries(0..100).await.expect("entries");
     let indexes: Vec<u64> = entries.iter().map(|e| e.index()).collect();
@@ -161,7 +180,7 @@ async fn a_log_kept_in_sled_by_an_older_version_moves_into_the_log_files() {
         durable.sync_blocking().expect("sync");
     }
     {
-        let durable = Durable::open(dir.path()).expect("reopen");
+        let durable = reopen(dir.path());
         let meter = durable.log_meter();
         let mut log = LogStore::open(durable.clone()).expect("log store");
         let indexes = |entries: Vec<tollgate_store::types::Entry>| {
@@ -180,7 +199,7 @@ async fn a_log_kept_in_sled_by_an_older_version_moves_into_the_log_files() {
         .expect("append");
         assert!(rx.await.expect("callback").is_ok());
     }
-    let mut log = LogStore::open(Durable::open(dir.path()).expect("open")).expect("log store");
+    let mut log = LogStore::open(reopen(dir.path())).expect("log store");
     let entries = log.try_get_log_entries(0..100).await.expect("entries");
     assert_eq!(entries.len(), 6);
     let state = log.get_log_state().await.expect("state");
