@@ -205,3 +205,61 @@ async fn a_log_kept_in_sled_by_an_older_version_moves_into_the_log_files() {
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_log_id.map(|l| l.index()), Some(6));
 }
+
+/// Appends `entries` and waits until the log reports them durable.
+async fn append_all(log: &mut LogStore, entries: Vec<tollgate_store::types::Entry>) {
+    let (tx, rx) = <TypeConfig as TypeConfigExt>::oneshot();
+    log.append(entries, IOFlushed::signal(tx))
+        .await
+        .expect("append");
+    assert!(rx.await.expect("callback fired").is_ok());
+}
+
+/// A read of entries from the files racing a truncation of them (a leader just deposed, still
+/// replicating, while the new leader's entries replace its tail) returns the entries as they
+/// were or as they are, never an error: openraft stops on any storage error. The replacing
+/// entries differ in size, so a read at positions located before the cut would find broken
+/// frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_truncations_of_the_same_entries_never_fail() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = LogStore::open(Durable::open(dir.path()).expect("open")).expect("log store");
+    // more entries than the log keeps decoded in memory: the first ones are read from the files
+    append_all(
+        &mut log,
+        (1..=5000)
+            .map(|i| blank_ent::<TypeConfig>(1, 1, i))
+            .collect(),
+    )
+    .await;
+    let mut reader = log.get_log_reader().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let reads = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stopped.load(Ordering::Relaxed) {
+            let r = reader.try_get_log_entries(10..=60).await;
+            assert!(r.is_ok(), "read {n} failed: {r:?}");
+            n += 1;
+            tokio::task::yield_now().await;
+        }
+        n
+    });
+    for round in 0..300u64 {
+        log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 20)))
+            .await
+            .expect("truncate");
+        let term = if round % 2 == 0 { 1_000_000_000 } else { 1 };
+        append_all(
+            &mut log,
+            (21..=60)
+                .map(|i| blank_ent::<TypeConfig>(term, 1, i))
+                .collect(),
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reads.await.expect("no read failed") > 0);
+}

@@ -15,7 +15,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -31,6 +31,11 @@ pub struct LogStore {
     durable: Durable,
     meta: sled::Tree,
     files: Arc<Mutex<LogFiles>>,
+    /// Held shared by a read from the files (which runs outside `files`' lock, so appends go
+    /// on) and exclusively by a truncation: a read never sees a segment shortened and rewritten
+    /// under the positions it located, which would fail as a damaged frame — and openraft stops
+    /// on any storage error.
+    cuts: Arc<RwLock<()>>,
     /// Dropped with the last clone: stops the sync thread after its queued callbacks ran.
     group_commit: Arc<GroupCommit>,
     recent: Recent,
@@ -53,6 +58,7 @@ impl LogStore {
         let store = LogStore {
             meta,
             files: Arc::new(Mutex::new(files)),
+            cuts: Arc::new(RwLock::new(())),
             group_commit: Arc::new(group_commit),
             recent: Recent::default(),
             durable,
@@ -164,6 +170,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start > end {
             return Ok(Vec::new());
         }
+        let _no_cut = self.cuts.read().unwrap_or_else(PoisonError::into_inner);
         let found = self.files().locate(start, end);
         // read outside the lock: appends go on meanwhile
         log_files::read(found)
@@ -251,7 +258,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         self.recent.truncated(from);
-        // synced before it returns
+        // synced before it returns; waits for reads of the files in progress
+        let _cutting = self.cuts.write().unwrap_or_else(PoisonError::into_inner);
         let removed = self.files().truncate(from, last_log_id)?;
         self.durable.log_meter().sub(removed);
         Ok(())
