@@ -73,24 +73,7 @@ pub async fn run(
             return;
         }
     };
-    let mut threads = Vec::new();
-    for i in 0..loops {
-        let (gw, tls, stop, slots) = (gw.clone(), tls.clone(), stop.clone(), slots.clone());
-        let l = match std_listener.try_clone() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "sharing the customer listener");
-                break;
-            }
-        };
-        let spawned = std::thread::Builder::new()
-            .name(format!("tollgate-loop-{i}"))
-            .spawn(move || event_loop(i + 1, gw, l, tls, stop, slots));
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => tracing::error!(error = %e, "starting an event loop thread"),
-        }
-    }
+    let threads = spawn_loops(loops, &gw, &std_listener, &tls, &stop, &slots);
     if threads.is_empty() {
         // no loop could start (out of threads or memory): serve here rather than not at all
         match TcpListener::from_std(std_listener) {
@@ -104,6 +87,36 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// Starts up to `loops` event loop threads on copies of `listener`; those that could start.
+fn spawn_loops(
+    loops: usize,
+    gw: &Arc<Gw>,
+    listener: &std::net::TcpListener,
+    tls: &Option<TlsAcceptor>,
+    stop: &watch::Receiver<bool>,
+    slots: &Arc<Semaphore>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for i in 0..loops {
+        let l = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "sharing the customer listener");
+                break;
+            }
+        };
+        let (gw, tls, stop, slots) = (gw.clone(), tls.clone(), stop.clone(), slots.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("tollgate-loop-{i}"))
+            .spawn(move || event_loop(i + 1, gw, l, tls, stop, slots));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "starting an event loop thread"),
+        }
+    }
+    threads
 }
 
 /// One event loop: a single-threaded runtime serving connections from its copy of the listener.

@@ -207,10 +207,16 @@ impl State {
                 ApiError::not_found("no such limit").with_param(format!("wants[{i}].limit"))
             );
         }
-        // usage first (it draws on the leases it was admitted on), then returns, then grants
+        // usage first (it draws on the leases it was admitted on: an earlier incarnation's for
+        // what a restarted gateway replays), then returns, then grants
+        let earlier = match usage.is_empty() {
+            true => Vec::new(),
+            false => self.earlier_incarnations(holder),
+        };
+        let holders: Vec<&str> = earlier.iter().map(String::as_str).chain([holder]).collect();
         let acks = usage
             .iter()
-            .map(|r| self.record_one(r, holder, touched))
+            .map(|r| self.record_one(r, &holders, touched))
             .collect();
         for r in returns {
             self.return_unused(holder, r, touched);
@@ -310,35 +316,36 @@ impl State {
     }
 
     /// Settles `amount` of usage by `holder` into a volume bucket, drawing on its lease first.
-    /// Settles `amount` into a bucket, drawing first on the leases of `holder`'s earlier
-    /// incarnations (`gateway-id:…`, the same gateway restarted), then on `holder`'s own. A
-    /// restarted gateway ships what its previous incarnation admitted (replayed from its
-    /// journal) and those holds were taken for exactly that; settled against the new holder
-    /// alone, the usage counted twice — still held by the old lease, and settled — and showed up
-    /// as debt on a budget its leases nearly filled (found by chaos `gateway-crash`). Usage of
-    /// the new incarnation drawn on an old lease leaves its own lease holding more than its
-    /// gateway counts: conservative, and the stranded old hold is freed sooner.
+    /// Settles `amount` into a bucket, drawing on the leases of `holders` in turn: for an
+    /// `Acquire`, the caller's earlier incarnations (`gateway-id:…`, the same gateway restarted),
+    /// then the caller. A restarted gateway ships what its previous incarnation admitted
+    /// (replayed from its journal) and those holds were taken for exactly that; settled against
+    /// the new holder alone, the usage counted twice — still held by the old lease, and settled
+    /// — and showed up as debt on a budget its leases nearly filled (found by chaos
+    /// `gateway-crash`). Usage of the new incarnation drawn on an old lease leaves its own lease
+    /// holding more than its gateway counts: conservative, and the stranded old hold is freed
+    /// sooner.
     pub(crate) fn settle_into(
         &mut self,
-        holder: &str,
+        holders: &[&str],
         bucket_id: BucketId,
         limit: u64,
         amount: u64,
     ) {
-        let mut lease_ids = self.earlier_incarnations(holder, &bucket_id);
-        lease_ids.extend(
-            self.leases
-                .by_holder
-                .get(&(holder.to_owned(), bucket_id.clone()))
-                .copied(),
-        );
+        let leases = &mut self.leases;
         let mut from_leases = 0;
-        for id in lease_ids {
-            if let Some(lease) = self.leases.by_id.get_mut(&id) {
-                let take = (amount - from_leases).min(lease.remaining());
-                lease.settled += take;
-                from_leases += take;
-            }
+        for holder in holders {
+            let key = ((*holder).to_owned(), bucket_id.clone());
+            let Some(lease) = leases
+                .by_holder
+                .get(&key)
+                .and_then(|id| leases.by_id.get_mut(id))
+            else {
+                continue;
+            };
+            let take = (amount - from_leases).min(lease.remaining());
+            lease.settled += take;
+            from_leases += take;
         }
         let bucket = self.buckets.entry(bucket_id).or_insert_with(|| Bucket {
             limit,
@@ -348,21 +355,24 @@ impl State {
         bucket.settle(amount);
     }
 
-    /// The live leases on `bucket` of the other incarnations of `holder`'s gateway id, in
-    /// holder order (deterministic); none for a holder without an incarnation part.
-    fn earlier_incarnations(&self, holder: &str, bucket: &BucketId) -> Vec<u64> {
+    /// The other incarnations of `holder`'s gateway id that hold leases, in holder order
+    /// (deterministic); none for a holder without an incarnation part. Once per `Acquire`, not
+    /// per record: a lookup per incarnation, jumping past each one's keys.
+    fn earlier_incarnations(&self, holder: &str) -> Vec<String> {
         let mut found = Vec::new();
-        let Some((gateway, _)) = holder.split_once(':') else {
+        let by_holder = &self.leases.by_holder;
+        let (Some((gateway, _)), Some(((_, any_bucket), _))) =
+            (holder.split_once(':'), by_holder.first_key_value())
+        else {
             return found;
         };
         let prefix = format!("{gateway}:");
+        // `from` is never a holder itself (a prefix, or a holder followed by NUL), so the bucket
+        // half of the bound does not matter: every key of a holder after `from` is in range
         let mut from = prefix.clone();
-        // one lookup per holder under the prefix: jump past each holder's keys
-        while let Some(((h, _), _)) = self
-            .leases
-            .by_holder
+        while let Some(((h, _), _)) = by_holder
             .range((
-                Bound::Included((from.clone(), bucket.clone())),
+                Bound::Included((from, any_bucket.clone())),
                 Bound::Unbounded,
             ))
             .next()
@@ -370,10 +380,8 @@ impl State {
             if !h.starts_with(&prefix) {
                 break;
             }
-            if h != holder
-                && let Some(id) = self.leases.by_holder.get(&(h.clone(), bucket.clone()))
-            {
-                found.push(*id);
+            if h != holder {
+                found.push(h.clone());
             }
             from = format!("{h}\0");
         }

@@ -127,16 +127,17 @@ impl State {
         self.release_expired(touched);
         let acks = records
             .iter()
-            .map(|r| self.record_one(r, &r.gateway, touched))
+            .map(|r| self.record_one(r, &[r.gateway.as_str()], touched))
             .collect();
         Ok(Outcome::Usage { acks })
     }
 
-    /// Appends a record (deduplicated by request id) and settles it, drawing on `holder`'s leases.
+    /// Appends a record (deduplicated by request id) and settles it, drawing on the leases of
+    /// `holders` in turn.
     pub(crate) fn record_one(
         &mut self,
         r: &UsageRecord,
-        holder: &str,
+        holders: &[&str],
         touched: &mut Touched,
     ) -> UsageAck {
         self.prune_usage_index();
@@ -174,7 +175,7 @@ impl State {
         let seq = self.ledger.push(self.clock_ms, r.clone(), &digest);
         self.usage_index
             .insert(key, UsageIndex::InLedger { seq, body });
-        self.settle_record(r, holder, touched);
+        self.settle_record(r, holders, touched);
         UsageAck::Accepted { seq }
     }
 
@@ -206,10 +207,10 @@ impl State {
         }
     }
 
-    /// Settles a record into every budget bucket it falls under, drawing first on the holder's
-    /// lease. Rate tokens were withdrawn when granted and concurrency slots come back by
+    /// Settles a record into every budget bucket it falls under, drawing on the leases of
+    /// `holders` in turn (`State::settle_into`). Rate tokens were withdrawn when granted and concurrency slots come back by
     /// returns, so neither settles here.
-    fn settle_record(&mut self, r: &UsageRecord, holder: &str, touched: &mut Touched) {
+    fn settle_record(&mut self, r: &UsageRecord, holders: &[&str], touched: &mut Touched) {
         // the budget period the request was admitted in (its id's time, never later than the
         // store's clock), not the one it happens to arrive in after a period boundary
         let now = self.clock_ms;
@@ -222,7 +223,7 @@ impl State {
                 .collect();
         for (key, limit, amount) in applicable {
             let bucket_id = (key.clone(), bucket_period(key.dimension, admitted));
-            self.settle_into(holder, bucket_id.clone(), limit, amount);
+            self.settle_into(holders, bucket_id.clone(), limit, amount);
             touched.buckets.push(bucket_id);
         }
     }

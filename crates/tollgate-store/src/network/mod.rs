@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tollgate_proto::raft::{
     RaftPayload, SnapshotFrame, raft_client::RaftClient, snapshot_frame::Frame,
 };
@@ -135,7 +135,7 @@ pub struct PeerClient {
     client: Result<Client, String>,
     /// Since when the peer has not taken `StreamAppend` (an older version): one unary RPC per
     /// request, and a stream is tried again after `STREAM_RETRY` (the peer may be upgraded).
-    one_at_a_time: Option<std::time::Instant>,
+    one_at_a_time: Option<Instant>,
 }
 
 /// How long a peer that refused the replication stream is served one request at a time before
@@ -188,9 +188,7 @@ impl PeerClient {
             decode(data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         reply.map_err(|remote| unreachable(format!("node {}: {remote}", self.target)))
     }
-}
 
-impl PeerClient {
     /// One unary Raft RPC: `rpc` encoded, sent by `call` with the option's deadline, the
     /// peer's `Result` decoded.
     async fn unary<Q, R, F, Fut>(

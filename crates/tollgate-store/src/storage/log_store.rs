@@ -79,6 +79,15 @@ impl LogStore {
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The last purged entry and the log's last one (the last purged when the files hold none).
+    fn log_state(&self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged: Option<LogId> = self.meta_get(LAST_PURGED)?;
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: self.files().last_log_id().or(last_purged),
+        })
+    }
+
     fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
         meta_get(&self.meta, key)
     }
@@ -185,12 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged: Option<LogId> = self.meta_get(LAST_PURGED)?;
-        let last = self.files().last_log_id().or(last_purged);
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
-        })
+        self.log_state()
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -212,9 +216,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         let committed = self.meta_get::<Option<LogId>>(COMMITTED)?.flatten();
-        let last_purged: Option<LogId> = self.meta_get(LAST_PURGED)?;
-        let last = self.files().last_log_id().or(last_purged);
-        Ok(committed_within(committed, last))
+        Ok(committed_within(committed, self.log_state()?.last_log_id))
     }
 
     async fn append<I>(
