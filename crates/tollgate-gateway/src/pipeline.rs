@@ -361,7 +361,7 @@ async fn inference(
         }
     };
     timing.mark("upstream");
-    if v.stream && fwd.resp.status().is_success() {
+    if v.stream && fwd.resp.status.is_success() {
         if let Some(g) = idem {
             g.complete(None);
         }

@@ -12,13 +12,11 @@ use crate::phases::admit::Usage;
 use crate::phases::settle::Settlement;
 use crate::phases::upstream::Forwarded;
 use crate::router::Picked;
-use crate::upstream::UpConn;
+use crate::upstream::UpResponse;
 use bytes::{Buf, Bytes, BytesMut};
-use futures::FutureExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::Response;
 use hyper::body::Frame;
-use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use memchr::memmem::FinderRev;
 use serde::Deserialize;
@@ -83,15 +81,12 @@ fn usage_of(body: &[u8]) -> Option<Usage> {
 /// Reads a non-streaming response, bounded in size and by the deadline.
 pub async fn read_whole(gw: &Gw, fwd: Forwarded, deadline: Instant) -> Result<Whole, GwError> {
     let Forwarded {
-        resp,
-        mut conn,
-        picked,
-        ..
+        mut resp, picked, ..
     } = fwd;
-    let status = resp.status();
+    let status = resp.status;
     let limit = gw.settings.limits.upstream_body_bytes_max;
-    let read = http_body_util::Limited::new(resp.into_body(), limit).collect();
-    let body = match tokio::time::timeout_at(deadline.into(), conn.drive(read)).await {
+    let read = resp.collect(limit);
+    let body = match tokio::time::timeout_at(deadline.into(), read).await {
         Err(_) => {
             return Err(GwError::new(
                 ErrorCode::UpstreamTimeout,
@@ -105,9 +100,9 @@ pub async fn read_whole(gw: &Gw, fwd: Forwarded, deadline: Instant) -> Result<Wh
                 "The model server's answer could not be read completely.",
             ));
         }
-        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Ok(b)) => b,
     };
-    gw.client.release(conn);
+    gw.client.release(resp);
     let usage = usage_of(&body);
     drop(picked);
     Ok(Whole {
@@ -131,7 +126,6 @@ pub fn relay(
     let headers = settlement.headers();
     let Forwarded {
         resp,
-        conn,
         picked,
         sent_at,
         ..
@@ -144,8 +138,7 @@ pub fn relay(
         done: false,
         first_seen: false,
         finished: false,
-        upstream: Some(resp.into_body()),
-        conn: Some(conn),
+        upstream: Some(resp),
         picked: Some(picked),
         settlement: Some(settlement),
         buf: BytesMut::new(),
@@ -182,8 +175,8 @@ struct Relay {
     first_seen: bool,
     /// Settled; nothing more to send.
     finished: bool,
-    upstream: Option<Incoming>,
-    conn: Option<UpConn>,
+    /// The upstream response being relayed, on its connection.
+    upstream: Option<UpResponse>,
     picked: Option<Picked>,
     settlement: Option<Settlement>,
     buf: BytesMut,
@@ -223,12 +216,10 @@ impl Relay {
         }
         let idle = self.gw.settings.timeouts.stream_idle;
         loop {
-            let (Some(body), Some(conn)) = (self.upstream.as_mut(), self.conn.as_mut()) else {
-                return None;
-            };
+            let upstream = self.upstream.as_mut()?;
             let frame = tokio::select! {
                 biased;
-                f = conn.drive(body.frame()) => f,
+                f = upstream.chunk() => f,
                 _ = self.timer.as_mut() => {
                     // the timer is re-armed lazily: only when it fires is activity checked
                     let due = (self.last_activity + idle).min(self.deadline);
@@ -265,17 +256,15 @@ impl Relay {
         }
     }
 
-    /// The next upstream frame if it is available without waiting for the network (the
-    /// connection is driven on this task, so buffered chunks decode at once).
-    fn ready_frame(&mut self) -> Option<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let (body, conn) = (self.upstream.as_mut()?, self.conn.as_mut()?);
-        conn.drive(body.frame()).now_or_never()
+    /// The next upstream piece if it is available without waiting for the network.
+    fn ready_frame(&mut self) -> Option<Option<std::io::Result<Bytes>>> {
+        self.upstream.as_mut()?.ready_chunk()
     }
 
     /// Takes one upstream frame: complete events go to `out`; the end of the body is an `End`.
     fn absorb(
         &mut self,
-        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+        frame: Option<std::io::Result<Bytes>>,
         out: &mut BytesMut,
     ) -> Result<(), End> {
         let data = match frame {
@@ -292,10 +281,7 @@ impl Relay {
                     "The connection to the model server broke during the stream.",
                 ));
             }
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) => d,
-                Err(_) => return Ok(()),
-            },
+            Some(Ok(d)) => d,
         };
         self.last_activity = Instant::now();
         if !self.first_seen {
@@ -325,13 +311,13 @@ impl Relay {
 
     /// After `[DONE]`: reuse the connection if the body's end is already here.
     fn release_connection(&mut self) {
-        let (Some(body), Some(conn)) = (self.upstream.as_mut(), self.conn.as_mut()) else {
+        let Some(upstream) = self.upstream.as_mut() else {
             return;
         };
-        if let Some(None) = conn.drive(body.frame()).now_or_never()
-            && let Some(c) = self.conn.take()
+        if let Some(None) = upstream.ready_chunk()
+            && let Some(done) = self.upstream.take()
         {
-            self.gw.client.release(c);
+            self.gw.client.release(done);
         }
     }
 
@@ -343,7 +329,6 @@ impl Relay {
         }
         // dropping the upstream body (and its connection) cancels an unfinished upstream request
         self.upstream = None;
-        self.conn = None;
         self.picked = None;
         let usage = self.usage.unwrap_or(Usage {
             prompt_tokens: 0,

@@ -8,9 +8,7 @@ use crate::error::GwError;
 use crate::phases::validate::Validated;
 use crate::router::Picked;
 use crate::router::endpoint::Outcome;
-use http_body_util::BodyExt;
-use hyper::Response;
-use hyper::body::Incoming;
+use crate::upstream::UpResponse;
 use hyper::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 use std::sync::Arc;
@@ -19,9 +17,8 @@ use tollgate_types::ErrorCode;
 
 /// The committed upstream response.
 pub struct Forwarded {
-    pub resp: Response<Incoming>,
-    /// The upstream connection, driven by whoever reads the body.
-    pub conn: crate::upstream::UpConn,
+    /// Status and body (read by whoever relays it), on the upstream connection it holds.
+    pub resp: UpResponse,
     pub picked: Picked,
     /// When the chosen attempt was sent.
     pub sent_at: Instant,
@@ -98,24 +95,24 @@ pub async fn forward(
                     "The model server could not be reached.",
                 )
             }
-            Ok(Ok((resp, mut conn))) => {
-                let status = resp.status();
+            Ok(Ok(mut resp)) => {
+                let status = resp.status;
                 if status.is_success() || (status.is_client_error() && status.as_u16() != 429) {
                     // alive and answering: a client error is the request's fault, not the endpoint's
                     state.record(Outcome::Success, sent_at.elapsed(), &router.cfg);
                     return Ok(Forwarded {
                         resp,
-                        conn,
                         picked,
                         sent_at,
                         attempts: attempt,
                     });
                 }
-                if let Some(d) = retry_after(&resp) {
+                if let Some(d) = resp.retry_after {
                     state.cool_down(d, &router.cfg);
                 }
                 state.record(Outcome::Failure, Duration::ZERO, &router.cfg);
-                let detail = error_message(resp, &mut conn).await;
+                let detail = error_message(&mut resp).await;
+                gw.client.release(resp);
                 tracing::warn!(endpoint = %state.url, %status, detail, request_id, "upstream error");
                 GwError::new(
                     ErrorCode::UpstreamError,
@@ -133,30 +130,12 @@ pub async fn forward(
     }))
 }
 
-/// `Retry-After` in seconds (HTTP dates are not honoured; they are rare from model servers).
-fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {
-    let ms = resp
-        .headers()
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_millis);
-    ms.or_else(|| {
-        resp.headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
-    })
-}
-
 /// The upstream's error message (OpenAI-shaped or plain), bounded, for logs and the client.
-async fn error_message(resp: Response<Incoming>, conn: &mut crate::upstream::UpConn) -> String {
-    let read = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_BYTES_MAX).collect();
-    let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(2), conn.drive(read)).await else {
+async fn error_message(resp: &mut UpResponse) -> String {
+    let read = resp.collect(ERROR_BODY_BYTES_MAX);
+    let Ok(Ok(bytes)) = tokio::time::timeout(Duration::from_secs(2), read).await else {
         return "no readable error body".into();
     };
-    let bytes = body.to_bytes();
     serde_json::from_slice::<Value>(&bytes)
         .ok()
         .and_then(|v| {

@@ -1,0 +1,428 @@
+//! The HTTP/1.1 client to model endpoints, on its own small implementation of the wire format
+//! (`upstream/wire.rs`): a request is written, and its response read, by the request's own task
+//! straight from the socket — no dispatcher, channel or connection task in between, and a body
+//! piece is a slice of the connection's read buffer (no copy). Idle connections are kept per
+//! `host:port` (LIFO), one pool per event loop; a connection goes back to its pool only after its
+//! response was read to the end. Plain `http://` only for now (see docs/routing.md).
+
+mod wire;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use wire::{Decoded, Framing};
+
+/// Idle connections kept per upstream host.
+const IDLE_PER_HOST_MAX: usize = 1024;
+/// Idle connections older than this are closed instead of reused (below the 5 s keep-alive of
+/// common model servers, e.g. uvicorn under vLLM).
+const IDLE_MAX: Duration = Duration::from_secs(4);
+/// Room made in a connection's read buffer before a read.
+const READ_BYTES: usize = 16 << 10;
+/// Most of a `/models` answer a health probe reads (to reuse the connection).
+const PROBE_BODY_BYTES_MAX: usize = 1 << 20;
+
+/// One upstream connection; dropping it closes it.
+pub struct UpConn {
+    host: String,
+    io: TcpStream,
+    /// Bytes read and not yet taken (the next head or body piece).
+    buf: BytesMut,
+    idle_since: Instant,
+}
+
+impl UpConn {
+    /// Reads more bytes into the buffer; `Ok(0)` when the upstream closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_BYTES / 4 {
+            self.buf.reserve(READ_BYTES);
+        }
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            match self.io.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// Reads more bytes if the socket has them now (no waiting, no waker kept).
+    fn try_fill(&mut self) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_BYTES / 4 {
+            self.buf.reserve(READ_BYTES);
+        }
+        match self.io.try_read_buf(&mut self.buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            r => Poll::Ready(r),
+        }
+    }
+
+    /// Writes the head and the body (gathered: one system call for a usual request).
+    async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let (mut head, mut body) = (head, body);
+        while !head.is_empty() || !body.is_empty() {
+            let n = if head.is_empty() {
+                self.io.write(body).await?
+            } else {
+                let parts = [IoSlice::new(head), IoSlice::new(body)];
+                self.io.write_vectored(&parts).await?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            body = &body[n - from_head..];
+        }
+        Ok(())
+    }
+
+    /// Reads up to the final response head (interim 1xx heads are skipped).
+    async fn read_head(&mut self, method_is_head: bool) -> io::Result<wire::Head> {
+        loop {
+            if !self.buf.is_empty() {
+                match wire::parse_head(&self.buf, method_is_head)? {
+                    Some((n, Some(head))) => {
+                        self.buf.advance(n);
+                        return Ok(head);
+                    }
+                    Some((n, None)) => {
+                        self.buf.advance(n);
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            if poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the model server closed the connection before it answered",
+                ));
+            }
+        }
+    }
+
+    /// An idle connection the upstream has not closed (nor sent anything unasked on).
+    fn alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty()
+            && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// An upstream response: its status, and its body read piece by piece from the connection it
+/// holds. Dropping it before the end closes the connection (cancelling the upstream request).
+pub struct UpResponse {
+    pub status: StatusCode,
+    /// `retry-after-ms`, else `retry-after` (seconds).
+    pub retry_after: Option<Duration>,
+    conn: UpConn,
+    framing: Framing,
+    keep_alive: bool,
+    ended: bool,
+}
+
+impl std::fmt::Debug for UpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpResponse")
+            .field("host", &self.conn.host)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl UpResponse {
+    /// The next piece of the body; `None` at its end (for a body framed by the connection's
+    /// close, also when it closes); an error when the body is malformed or cut short.
+    pub async fn chunk(&mut self) -> Option<io::Result<Bytes>> {
+        poll_fn(|cx| self.step(|c| c.poll_fill(cx))).await
+    }
+
+    /// The next piece if it is here without waiting for the network.
+    pub fn ready_chunk(&mut self) -> Option<Option<io::Result<Bytes>>> {
+        match self.step(UpConn::try_fill) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    fn step(
+        &mut self,
+        mut fill: impl FnMut(&mut UpConn) -> Poll<io::Result<usize>>,
+    ) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let decoded = match self.framing.decode(&mut self.conn.buf) {
+                Ok(Decoded::More) => match ready!(fill(&mut self.conn)) {
+                    Ok(0) => {
+                        self.keep_alive = false;
+                        self.framing.at_eof()
+                    }
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            return Poll::Ready(match decoded {
+                Ok(Decoded::Data(d)) => Some(Ok(d)),
+                Ok(_) => {
+                    self.ended = true;
+                    None
+                }
+                Err(e) => {
+                    self.ended = true;
+                    self.keep_alive = false;
+                    Some(Err(e))
+                }
+            });
+        }
+    }
+
+    /// The whole body, at most `limit` bytes (more is an error).
+    pub async fn collect(&mut self, limit: usize) -> io::Result<Bytes> {
+        if let Some(n) = self.framing.remaining() {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > limit {
+                return Err(too_large(limit));
+            }
+            // the usual case: the whole body lands in the read buffer and is taken as one piece
+            self.conn.buf.reserve(n.saturating_sub(self.conn.buf.len()));
+            while self.conn.buf.len() < n {
+                if poll_fn(|cx| self.conn.poll_fill(cx)).await? == 0 {
+                    break; // cut short: the next chunk says so
+                }
+            }
+        }
+        let mut all = match self.chunk().await {
+            None => return Ok(Bytes::new()),
+            Some(first) => first?,
+        };
+        let mut joined: Option<BytesMut> = None;
+        while let Some(piece) = self.chunk().await {
+            let piece = piece?;
+            let j = joined.get_or_insert_with(|| BytesMut::from(std::mem::take(&mut all)));
+            if j.len() + piece.len() > limit {
+                return Err(too_large(limit));
+            }
+            j.extend_from_slice(&piece);
+        }
+        let all = joined.map_or(all, BytesMut::freeze);
+        if all.len() > limit {
+            return Err(too_large(limit));
+        }
+        Ok(all)
+    }
+}
+
+fn too_large(limit: usize) -> io::Error {
+    wire::bad(format!("body larger than {limit} bytes"))
+}
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("upstream URL '{0}' is not a valid http URL")]
+    BadUrl(String),
+    #[error("connecting to {0}: {1}")]
+    Connect(String, String),
+    #[error("talking to {0}: {1}")]
+    Io(String, io::Error),
+}
+
+/// Idle connections per host, one map per event loop (index 0: the shared worker pool).
+type Pools = Arc<[Mutex<HashMap<String, Vec<UpConn>>>]>;
+
+#[derive(Clone)]
+pub struct UpstreamClient {
+    idle: Pools,
+    connect_timeout: Duration,
+}
+
+thread_local! {
+    /// Which pool this thread's requests use: its event loop's own, so a connection is only
+    /// ever used by the loop whose reactor it is registered with.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Binds the calling thread (an event loop, `1..=loops`) to its own pool of idle connections.
+pub fn set_shard(shard: usize) {
+    SHARD.with(|s| s.set(shard));
+}
+
+/// `http://host:port/prefix` → (`host:port`, `/prefix`).
+fn split_url(base: &str) -> Result<(&str, &str), SendError> {
+    let bad = || SendError::BadUrl(base.to_owned());
+    let rest = base.strip_prefix("http://").ok_or_else(bad)?;
+    let (host, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if host.is_empty() || !wire::is_token_text(host) || !wire::is_token_text(prefix) {
+        return Err(bad());
+    }
+    Ok((host, prefix))
+}
+
+impl UpstreamClient {
+    /// A client for `loops` event loops (0: requests run on a shared worker pool).
+    pub fn new(connect_timeout: Duration, loops: usize) -> UpstreamClient {
+        UpstreamClient {
+            idle: (0..=loops).map(|_| Mutex::new(HashMap::new())).collect(),
+            connect_timeout,
+        }
+    }
+
+    fn pool(&self) -> &Mutex<HashMap<String, Vec<UpConn>>> {
+        let shard = SHARD.with(std::cell::Cell::get);
+        &self.idle[shard.min(self.idle.len() - 1)]
+    }
+
+    fn checkout(&self, host: &str) -> Option<UpConn> {
+        let mut idle = self.pool().lock().ok()?;
+        let list = idle.get_mut(host)?;
+        while let Some(c) = list.pop() {
+            if c.idle_since.elapsed() < IDLE_MAX && c.alive() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Returns the connection of a response read to the end to its pool (any other is closed).
+    pub fn release(&self, resp: UpResponse) {
+        if !(resp.ended && resp.keep_alive) {
+            return;
+        }
+        let mut conn = resp.conn;
+        if !conn.buf.is_empty() {
+            return; // bytes beyond the response: not a connection to trust
+        }
+        conn.idle_since = Instant::now();
+        let Ok(mut idle) = self.pool().lock() else {
+            return;
+        };
+        match idle.get_mut(&conn.host) {
+            Some(list) if list.len() >= IDLE_PER_HOST_MAX => {}
+            Some(list) => list.push(conn),
+            None => {
+                idle.insert(conn.host.clone(), vec![conn]);
+            }
+        }
+    }
+
+    async fn connect(&self, host: &str) -> Result<UpConn, SendError> {
+        let err = |e: String| SendError::Connect(host.to_owned(), e);
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(host))
+            .await
+            .map_err(|_| err("timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        tcp.set_nodelay(true).map_err(|e| err(e.to_string()))?;
+        Ok(UpConn {
+            host: host.to_owned(),
+            io: tcp,
+            buf: BytesMut::new(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Sends a request and reads the response head, on a pooled connection or a new one. A
+    /// pooled connection that fails before a byte of the answer arrived (the upstream closed it
+    /// while idle: the keep-alive race) is replaced by another; a new one's failure is the
+    /// answer. Read the body from the response, then [`UpstreamClient::release`] it.
+    pub async fn send(
+        &self,
+        method: &Method,
+        base: &str,
+        path: &str,
+        body: Bytes,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<UpResponse, SendError> {
+        let (host, prefix) = split_url(base)?;
+        if !wire::is_token_text(path) {
+            return Err(SendError::BadUrl(format!("{base}{path}")));
+        }
+        let target = format!("{prefix}{path}");
+        let head = wire::request_head(method.as_str(), host, &target, body.len(), headers);
+        let io_err = |e| SendError::Io(host.to_owned(), e);
+        for _ in 0..3 {
+            let (mut conn, pooled) = match self.checkout(host) {
+                Some(c) => (c, true),
+                None => (self.connect(host).await?, false),
+            };
+            let sent = conn.write_request(&head, &body).await;
+            let answered = match sent {
+                Ok(()) => conn.read_head(method == Method::HEAD).await,
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(h) => {
+                    return Ok(UpResponse {
+                        status: h.status,
+                        retry_after: h.retry_after,
+                        conn,
+                        framing: h.framing,
+                        keep_alive: h.keep_alive,
+                        ended: false,
+                    });
+                }
+                Err(e) if pooled && stale(&e) && conn.buf.is_empty() => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Err(SendError::Connect(
+            host.to_owned(),
+            "no usable connection".into(),
+        ))
+    }
+
+    /// `POST {base}{path}` with a JSON body and extra headers.
+    pub async fn post_json(
+        &self,
+        base: &str,
+        path: &str,
+        body: Bytes,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<UpResponse, SendError> {
+        self.send(&Method::POST, base, path, body, headers).await
+    }
+
+    /// Active health probe: `GET {base}/models` gets an HTTP answer other than a 5xx within
+    /// `timeout` (a server without `/models` answers 404 and is alive).
+    pub async fn probe(&self, base: &str, timeout: Duration) -> bool {
+        let call = async {
+            let mut resp = self
+                .send(&Method::GET, base, "/models", Bytes::new(), &[])
+                .await
+                .ok()?;
+            let ok = !resp.status.is_server_error();
+            // read to the end so the connection can be reused
+            if resp.collect(PROBE_BODY_BYTES_MAX).await.is_ok() {
+                self.release(resp);
+            }
+            Some(ok)
+        };
+        matches!(tokio::time::timeout(timeout, call).await, Ok(Some(true)))
+    }
+}
+
+/// How a connection the upstream closed while it sat idle fails a request.
+fn stale(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+//! The client against raw upstreams on loopback: each test server reads requests and writes
+//! exactly the bytes the test gives it, and counts the connections it accepted.
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+/// What the test server does with each request on a connection.
+#[derive(Clone, Copy)]
+enum After {
+    /// Keep the connection open for the next request.
+    Stay,
+    /// Close the connection after the answer.
+    Close,
+}
+
+struct Raw {
+    base: String,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A server that answers every request (a head ending in an empty line; bodies are not sent by
+/// these tests) with `answer`, written in `pieces` with a pause between them.
+async fn raw(pieces: Vec<&'static [u8]>, after: After) -> Raw {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let pieces = pieces.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while memchr::memmem::find(&seen, b"\r\n\r\n").is_none() {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.clear();
+                    for p in &pieces {
+                        if s.write_all(p).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    if let After::Close = after {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Raw {
+        base: format!("http://{addr}/v1"),
+        accepted,
+        task,
+    }
+}
+
+fn client() -> UpstreamClient {
+    UpstreamClient::new(Duration::from_secs(2), 0)
+}
+
+async fn get(c: &UpstreamClient, base: &str) -> UpResponse {
+    match c.send(&Method::GET, base, "/x", Bytes::new(), &[]).await {
+        Ok(r) => r,
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_connection_read_to_the_end_carries_the_next_request() {
+    let s = raw(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"],
+        After::Stay,
+    )
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        let mut r = get(&c, &s.base).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.collect(100).await.ok().as_deref(), Some(&b"hello"[..]));
+        c.release(r);
+    }
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_response_dropped_before_its_end_closes_its_connection() {
+    let s = raw(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel", b"lo"],
+        After::Stay,
+    )
+    .await;
+    let c = client();
+    let mut r = get(&c, &s.base).await;
+    assert!(matches!(r.chunk().await, Some(Ok(b)) if &b[..] == b"hel"));
+    c.release(r); // not at its end: closed, not pooled
+    let mut r = get(&c, &s.base).await;
+    assert_eq!(r.collect(100).await.ok().as_deref(), Some(&b"hello"[..]));
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced() {
+    let s = raw(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        After::Close,
+    )
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        let mut r = get(&c, &s.base).await;
+        assert_eq!(r.collect(100).await.ok().as_deref(), Some(&b"ok"[..]));
+        c.release(r);
+    }
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn chunked_pieces_arrive_as_they_are_sent_and_the_connection_is_reused() {
+    let s = raw(
+        vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"6\r\ndata: \r\n",
+            b"3\r\none\r\n",
+            b"0\r\n\r\n",
+        ],
+        After::Stay,
+    )
+    .await;
+    let c = client();
+    for _ in 0..2 {
+        let mut r = get(&c, &s.base).await;
+        let mut pieces = Vec::new();
+        while let Some(p) = r.chunk().await {
+            pieces.push(p.map(|b| b.to_vec()).unwrap_or_default());
+        }
+        assert_eq!(pieces, vec![b"data: ".to_vec(), b"one".to_vec()]);
+        c.release(r);
+    }
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_an_error() {
+    let s = raw(
+        vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\non"],
+        After::Close,
+    )
+    .await;
+    let c = client();
+    let mut r = get(&c, &s.base).await;
+    assert!(matches!(r.chunk().await, Some(Ok(b)) if &b[..] == b"on"));
+    assert!(matches!(r.chunk().await, Some(Err(_))));
+    assert!(r.chunk().await.is_none());
+    let s = raw(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort"],
+        After::Close,
+    )
+    .await;
+    let mut r = get(&c, &s.base).await;
+    assert!(r.collect(100).await.is_err());
+}
+
+#[tokio::test]
+async fn a_body_framed_by_the_close_ends_there_and_is_not_reused() {
+    let s = raw(
+        vec![b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"close"],
+        After::Close,
+    )
+    .await;
+    let c = client();
+    let mut r = get(&c, &s.base).await;
+    assert_eq!(
+        r.collect(100).await.ok().as_deref(),
+        Some(&b"until close"[..])
+    );
+    c.release(r);
+    let mut r = get(&c, &s.base).await;
+    assert!(r.collect(100).await.is_ok());
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused() {
+    let s = raw(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789"],
+        After::Stay,
+    )
+    .await;
+    let c = client();
+    assert!(get(&c, &s.base).await.collect(9).await.is_err());
+    let s = raw(
+        vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n01234\r\n",
+            b"5\r\n56789\r\n0\r\n\r\n",
+        ],
+        After::Stay,
+    )
+    .await;
+    assert!(get(&c, &s.base).await.collect(9).await.is_err());
+    assert_eq!(
+        get(&c, &s.base).await.collect(10).await.ok().as_deref(),
+        Some(&b"0123456789"[..])
+    );
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_retry_after_is_read() {
+    let s = raw(
+        vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Slow Down\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n"],
+        After::Stay,
+    )
+    .await;
+    let c = client();
+    let r = get(&c, &s.base).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn a_garbled_answer_is_an_error_not_a_retry() {
+    let s = raw(vec![b"SSH-2.0-OpenSSH\r\n\r\n"], After::Stay).await;
+    let c = client();
+    let r = c.send(&Method::GET, &s.base, "/x", Bytes::new(), &[]).await;
+    assert!(matches!(r, Err(SendError::Io(..))), "{r:?}");
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn urls_split_into_host_and_prefix() {
+    assert_eq!(
+        split_url("http://10.0.0.1:8000/v1").ok(),
+        Some(("10.0.0.1:8000", "/v1"))
+    );
+    assert_eq!(split_url("http://h:1").ok(), Some(("h:1", "")));
+    assert!(split_url("https://h/v1").is_err());
+    assert!(split_url("http:///v1").is_err());
+    assert!(split_url("http://h:1/v1 x").is_err());
+    assert!(split_url("http://h:1/v1\r\nx: y").is_err());
+}
