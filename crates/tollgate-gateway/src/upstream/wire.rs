@@ -2,7 +2,7 @@
 //! the response body's framing (content length, chunked, or until close). Pure functions over
 //! byte buffers; the sockets are in `upstream.rs`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::StatusCode;
 use hyper::header::{HeaderName, HeaderValue};
 use std::io;
@@ -247,19 +247,21 @@ impl Chunked {
                     }
                 }
                 State::DataEnd => {
-                    let Some(line) = line(buf, 2)? else {
+                    let Some((len, used)) = line(buf, 2)? else {
                         return Ok(Decoded::More);
                     };
-                    if !line.is_empty() {
+                    if len > 0 {
                         return Err(bad("chunk data longer than its size"));
                     }
+                    buf.advance(used);
                     self.state = State::Size;
                 }
                 State::Size => {
-                    let Some(line) = line(buf, CHUNK_LINE_MAX)? else {
+                    let Some((len, used)) = line(buf, CHUNK_LINE_MAX)? else {
                         return Ok(Decoded::More);
                     };
-                    let size = chunk_size(&line)?;
+                    let size = chunk_size(&buf[..len])?;
+                    buf.advance(used);
                     self.state = if size == 0 {
                         State::Trailers(0)
                     } else {
@@ -268,11 +270,12 @@ impl Chunked {
                 }
                 State::Trailers(seen) => {
                     let room = TRAILERS_MAX.saturating_sub(*seen);
-                    let Some(line) = line(buf, room)? else {
+                    let Some((len, used)) = line(buf, room)? else {
                         return Ok(Decoded::More);
                     };
-                    *seen += line.len() + 2;
-                    if line.is_empty() {
+                    buf.advance(used);
+                    *seen += used;
+                    if len == 0 {
                         self.state = State::Done;
                     }
                 }
@@ -284,17 +287,18 @@ impl Chunked {
     }
 }
 
-/// Takes one line (CRLF or LF ended, the ending dropped) off `buf`; `None` if it is not complete
-/// yet; an error if it runs past `max` bytes.
-fn line(buf: &mut BytesMut, max: usize) -> io::Result<Option<Bytes>> {
+/// The length of the line (CRLF or LF ended, the ending not counted) at the start of `buf` and
+/// the bytes it takes with its ending; `None` if it is not complete yet; an error if it runs past
+/// `max` bytes. Framing lines are parsed in place and then dropped with `advance` (no split).
+fn line(buf: &[u8], max: usize) -> io::Result<Option<(usize, usize)>> {
     match memchr::memchr(b'\n', buf) {
         Some(i) if i <= max => {
-            let mut l = buf.split_to(i + 1);
-            l.truncate(i);
-            if l.last() == Some(&b'\r') {
-                l.truncate(i - 1);
-            }
-            Ok(Some(l.freeze()))
+            let len = if i > 0 && buf[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
+            Ok(Some((len, i + 1)))
         }
         None if buf.len() <= max => Ok(None),
         _ => Err(bad("chunk framing line too long")),
