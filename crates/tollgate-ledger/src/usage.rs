@@ -173,9 +173,10 @@ impl State {
             return UsageAck::Rejected { reason };
         }
         let seq = self.ledger.push(self.clock_ms, r.clone(), &digest);
+        let admitted_ms = key.time_ms();
         self.usage_index
             .insert(key, UsageIndex::InLedger { seq, body });
-        self.settle_record(r, holders, touched);
+        self.settle_record(r, admitted_ms, holders, touched);
         UsageAck::Accepted { seq }
     }
 
@@ -210,11 +211,18 @@ impl State {
     /// Settles a record into every budget bucket it falls under, drawing on the leases of
     /// `holders` in turn (`State::settle_into`). Rate tokens were withdrawn when granted and concurrency slots come back by
     /// returns, so neither settles here.
-    fn settle_record(&mut self, r: &UsageRecord, holders: &[&str], touched: &mut Touched) {
+    /// `id_ms` is the time in the record's id (`IdKey::time_ms`, parsed once by the caller).
+    fn settle_record(
+        &mut self,
+        r: &UsageRecord,
+        id_ms: Option<u64>,
+        holders: &[&str],
+        touched: &mut Touched,
+    ) {
         // the budget period the request was admitted in (its id's time, never later than the
         // store's clock), not the one it happens to arrive in after a period boundary
         let now = self.clock_ms;
-        let admitted = id_time_ms(r.request_id.as_str()).map_or(now, |t| t.min(now));
+        let admitted = id_ms.map_or(now, |t| t.min(now));
         let applicable: Vec<(tollgate_types::limits::LimitKey, u64, u64)> =
             covering(&self.limits, &r.org, &r.project, &r.key)
                 .map(|(_, l)| l)
