@@ -29,6 +29,14 @@ const IDLE_MAX: Duration = Duration::from_secs(4);
 const READ_BYTES: usize = 16 << 10;
 /// Most of a `/models` answer a health probe reads (to reuse the connection).
 const PROBE_BODY_BYTES_MAX: usize = 1 << 20;
+/// Most room made at once for a body of announced length (a larger one grows as it arrives).
+const COLLECT_RESERVE_MAX: usize = 1 << 20;
+/// A connection goes back to its pool with a fresh read buffer once this many bytes went through
+/// its current one: the old allocation may have grown with a large body, and it is freed when
+/// the last piece of it is dropped instead of being kept by the idle connection.
+const BUFFER_BYTES_MAX: usize = 64 << 10;
+/// Most interim (1xx) heads skipped before the final one.
+const INTERIM_HEADS_MAX: usize = 16;
 
 /// One upstream connection; dropping it closes it.
 pub struct UpConn {
@@ -36,6 +44,8 @@ pub struct UpConn {
     io: TcpStream,
     /// Bytes read and not yet taken (the next head or body piece).
     buf: BytesMut,
+    /// Bytes read into `buf`'s allocation since it was made.
+    buf_read: usize,
     idle_since: Instant,
 }
 
@@ -49,7 +59,7 @@ impl UpConn {
             ready!(self.io.poll_read_ready(cx))?;
             match self.io.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
+                r => return Poll::Ready(self.count(r)),
             }
         }
     }
@@ -61,8 +71,15 @@ impl UpConn {
         }
         match self.io.try_read_buf(&mut self.buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-            r => Poll::Ready(r),
+            r => Poll::Ready(self.count(r)),
         }
+    }
+
+    fn count(&mut self, read: io::Result<usize>) -> io::Result<usize> {
+        if let Ok(n) = read {
+            self.buf_read += n;
+        }
+        read
     }
 
     /// Writes the head and the body (gathered: one system call for a usual request).
@@ -85,8 +102,9 @@ impl UpConn {
         Ok(())
     }
 
-    /// Reads up to the final response head (interim 1xx heads are skipped).
+    /// Reads up to the final response head (a few interim 1xx heads are skipped).
     async fn read_head(&mut self, method_is_head: bool) -> io::Result<wire::Head> {
+        let mut interim = 0;
         loop {
             if !self.buf.is_empty() {
                 match wire::parse_head(&self.buf, method_is_head)? {
@@ -94,10 +112,12 @@ impl UpConn {
                         self.buf.advance(n);
                         return Ok(head);
                     }
-                    Some((n, None)) => {
+                    Some((n, None)) if interim < INTERIM_HEADS_MAX => {
+                        interim += 1;
                         self.buf.advance(n);
                         continue;
                     }
+                    Some(_) => return Err(wire::bad("too many interim (1xx) answers")),
                     None => {}
                 }
             }
@@ -196,7 +216,10 @@ impl UpResponse {
                 return Err(too_large(limit));
             }
             // the usual case: the whole body lands in the read buffer and is taken as one piece
-            self.conn.buf.reserve(n.saturating_sub(self.conn.buf.len()));
+            let room = n.min(COLLECT_RESERVE_MAX);
+            self.conn
+                .buf
+                .reserve(room.saturating_sub(self.conn.buf.len()));
             while self.conn.buf.len() < n {
                 if poll_fn(|cx| self.conn.poll_fill(cx)).await? == 0 {
                     break; // cut short: the next chunk says so
@@ -307,6 +330,10 @@ impl UpstreamClient {
         if !conn.buf.is_empty() {
             return; // bytes beyond the response: not a connection to trust
         }
+        if conn.buf_read > BUFFER_BYTES_MAX {
+            conn.buf = BytesMut::new();
+            conn.buf_read = 0;
+        }
         conn.idle_since = Instant::now();
         let Ok(mut idle) = self.pool().lock() else {
             return;
@@ -331,14 +358,17 @@ impl UpstreamClient {
             host: host.to_owned(),
             io: tcp,
             buf: BytesMut::new(),
+            buf_read: 0,
             idle_since: Instant::now(),
         })
     }
 
     /// Sends a request and reads the response head, on a pooled connection or a new one. A
-    /// pooled connection that fails before a byte of the answer arrived (the upstream closed it
-    /// while idle: the keep-alive race) is replaced by another; a new one's failure is the
-    /// answer. Read the body from the response, then [`UpstreamClient::release`] it.
+    /// pooled connection whose write fails (the upstream closed it while it sat idle) is
+    /// replaced by another, since the upstream cannot have acted on an unfinished request; once
+    /// a request is written it is never sent again here (the upstream may be working on it: a
+    /// failure is the attempt's, for `forward`'s retry budget to decide on). Read the body from
+    /// the response, then [`UpstreamClient::release`] it.
     pub async fn send(
         &self,
         method: &Method,
@@ -359,25 +389,23 @@ impl UpstreamClient {
                 Some(c) => (c, true),
                 None => (self.connect(host).await?, false),
             };
-            let sent = conn.write_request(&head, &body).await;
-            let answered = match sent {
-                Ok(()) => conn.read_head(method == Method::HEAD).await,
-                Err(e) => Err(e),
-            };
-            match answered {
-                Ok(h) => {
-                    return Ok(UpResponse {
-                        status: h.status,
-                        retry_after: h.retry_after,
-                        conn,
-                        framing: h.framing,
-                        keep_alive: h.keep_alive,
-                        ended: false,
-                    });
-                }
-                Err(e) if pooled && stale(&e) && conn.buf.is_empty() => continue,
+            match conn.write_request(&head, &body).await {
+                Ok(()) => {}
+                Err(e) if pooled && stale(&e) => continue,
                 Err(e) => return Err(io_err(e)),
             }
+            let h = conn
+                .read_head(method == Method::HEAD)
+                .await
+                .map_err(io_err)?;
+            return Ok(UpResponse {
+                status: h.status,
+                retry_after: h.retry_after,
+                conn,
+                framing: h.framing,
+                keep_alive: h.keep_alive,
+                ended: false,
+            });
         }
         Err(SendError::Connect(
             host.to_owned(),
@@ -415,7 +443,7 @@ impl UpstreamClient {
     }
 }
 
-/// How a connection the upstream closed while it sat idle fails a request.
+/// How a write fails on a connection the upstream closed while it sat idle.
 fn stale(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(

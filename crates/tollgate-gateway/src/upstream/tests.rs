@@ -1,10 +1,12 @@
 //! The client against raw upstreams on loopback: each test server reads requests and writes
-//! exactly the bytes the test gives it, and counts the connections it accepted.
+//! exactly the bytes the test gives it, and counts the connections it accepted and the requests
+//! it read.
 
 use super::*;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// What the test server does with each request on a connection.
 #[derive(Clone, Copy)]
@@ -13,11 +15,17 @@ enum After {
     Stay,
     /// Close the connection after the answer.
     Close,
+    /// Answer the first request; read the second and close without answering it.
+    DropSecond,
 }
 
 struct Raw {
     base: String,
     accepted: Arc<AtomicUsize>,
+    /// Request heads read, over all connections.
+    requests: Arc<AtomicUsize>,
+    /// One message per connection the server closed.
+    closed: tokio::sync::mpsc::UnboundedReceiver<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -28,46 +36,59 @@ impl Drop for Raw {
 }
 
 /// A server that answers every request (a head ending in an empty line; bodies are not sent by
-/// these tests) with `answer`, written in `pieces` with a pause between them.
+/// these tests) with the bytes of `pieces`, written with a pause between them.
 async fn raw(pieces: Vec<&'static [u8]>, after: After) -> Raw {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (closes, closed) = tokio::sync::mpsc::unbounded_channel();
+    let (count, heads) = (accepted.clone(), requests.clone());
     let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let pieces = pieces.clone();
+            let (pieces, heads, closes) = (pieces.clone(), heads.clone(), closes.clone());
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while memchr::memmem::find(&seen, b"\r\n\r\n").is_none() {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    seen.clear();
-                    for p in &pieces {
-                        if s.write_all(p).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    if let After::Close = after {
-                        return;
-                    }
-                }
+                serve(s, &pieces, after, &heads).await;
+                let _ = closes.send(()); // the connection is closed by now
             });
         }
     });
     Raw {
         base: format!("http://{addr}/v1"),
         accepted,
+        requests,
+        closed,
         task,
+    }
+}
+
+async fn serve(mut s: TcpStream, pieces: &[&[u8]], after: After, heads: &AtomicUsize) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    for nth in 1.. {
+        while memchr::memmem::find(&seen, b"\r\n\r\n").is_none() {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        seen.clear();
+        heads.fetch_add(1, Ordering::SeqCst);
+        if matches!(after, After::DropSecond) && nth == 2 {
+            return;
+        }
+        for p in pieces {
+            if s.write_all(p).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let After::Close = after {
+            return;
+        }
     }
 }
 
@@ -117,18 +138,60 @@ async fn a_response_dropped_before_its_end_closes_its_connection() {
 
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_closed_is_replaced() {
-    let s = raw(
-        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
-        After::Close,
-    )
-    .await;
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let mut s = raw(vec![answer], After::Close).await;
     let c = client();
     for _ in 0..3 {
         let mut r = get(&c, &s.base).await;
         assert_eq!(r.collect(100).await.ok().as_deref(), Some(&b"ok"[..]));
         c.release(r);
+        s.closed.recv().await; // the upstream closed the now idle connection
     }
     assert_eq!(s.accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(s.requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_may_have_received_is_never_sent_again() {
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let s = raw(vec![answer], After::DropSecond).await;
+    let c = client();
+    let mut r = get(&c, &s.base).await;
+    assert!(r.collect(100).await.is_ok());
+    c.release(r);
+    // written whole on the pooled connection; the upstream closes it without an answer
+    let body = Bytes::from_static(b"{}");
+    let second = c.send(&Method::POST, &s.base, "/x", body, &[]).await;
+    assert!(matches!(second, Err(SendError::Io(..))), "{second:?}");
+    assert_eq!(
+        s.requests.load(Ordering::SeqCst),
+        2,
+        "each request sent once"
+    );
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_does_not_keep_a_large_body_s_buffer() {
+    static BIG: LazyLock<Vec<u8>> = LazyLock::new(|| {
+        let mut v = b"HTTP/1.1 200 OK\r\ncontent-length: 300000\r\n\r\n".to_vec();
+        v.resize(v.len() + 300_000, b'x');
+        v
+    });
+    let s = raw(vec![BIG.as_slice()], After::Stay).await;
+    let c = client();
+    let mut r = get(&c, &s.base).await;
+    let body = r.collect(1 << 20).await;
+    assert_eq!(body.as_ref().map(Bytes::len).ok(), Some(300_000));
+    drop(body);
+    c.release(r);
+    let host = s.base.trim_start_matches("http://").trim_end_matches("/v1");
+    // what the idle connection's buffer holds on to (a reserve takes back a unique allocation)
+    let cap = c.checkout(host).map(|mut conn| {
+        conn.buf.reserve(1);
+        conn.buf.capacity()
+    });
+    assert!(cap.is_some_and(|n| n <= BUFFER_BYTES_MAX), "{cap:?}");
 }
 
 #[tokio::test]

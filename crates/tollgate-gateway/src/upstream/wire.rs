@@ -104,16 +104,23 @@ pub fn parse_head(buf: &[u8], method_is_head: bool) -> io::Result<Option<(usize,
     let mut keep_alive = r.version == Some(1);
     let (mut after_ms, mut after_s) = (None, None);
     for h in r.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
         let name = h.name;
+        let framing_header = name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding");
+        let value = match std::str::from_utf8(h.value) {
+            Ok(v) => v.trim(),
+            Err(_) if framing_header => return Err(bad(format!("{name} is not text"))),
+            Err(_) => "",
+        };
         if name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .parse::<u64>()
-                .map_err(|_| bad(format!("content-length '{value}'")))?;
-            if length.is_some_and(|m| m != n) {
-                return Err(bad("conflicting content-length headers"));
+            // digits only; a list of one repeated value is the same length (RFC 9110 §8.6)
+            for item in value.split(',').map(str::trim) {
+                let n = digits(item).ok_or_else(|| bad(format!("content-length '{value}'")))?;
+                if length.is_some_and(|m| m != n) {
+                    return Err(bad("conflicting content-length headers"));
+                }
+                length = Some(n);
             }
-            length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // the last coding decides; only `chunked` frames the body itself
             for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
@@ -156,6 +163,14 @@ pub fn parse_head(buf: &[u8], method_is_head: bool) -> io::Result<Option<(usize,
         keep_alive,
     };
     Ok(Some((len, Some(head))))
+}
+
+/// A decimal number of ASCII digits only (no sign, no spaces), if it fits.
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// One step of decoding a body from the connection's buffer.
@@ -308,7 +323,10 @@ fn line(buf: &[u8], max: usize) -> io::Result<Option<(usize, usize)>> {
 /// The hexadecimal size at the start of a chunk-size line (extensions after `;` are ignored).
 fn chunk_size(line: &[u8]) -> io::Result<u64> {
     let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
-    let digits = line[..end].trim_ascii();
+    // whitespace may only come before the extensions (RFC 9112 §7.1.1); leading zeros are fine
+    let digits = line[..end].trim_ascii_end();
+    let zeros = digits.iter().take_while(|&&b| b == b'0').count();
+    let digits = &digits[zeros.min(digits.len().saturating_sub(1))..];
     if digits.is_empty() || digits.len() > 15 {
         return Err(bad("bad chunk size"));
     }

@@ -104,11 +104,17 @@ fn bad_response_heads_are_errors() {
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: 1 2\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5,\r\n\r\n",
         "HTTP/1.1 2000 OK\r\n\r\n",
         "SMTP ready\r\n\r\n",
     ] {
         assert!(parse_head(raw.as_bytes(), false).is_err(), "{raw:?}");
     }
+    let not_text =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\xff\r\ncontent-length: 2\r\n\r\n";
+    assert!(parse_head(not_text, false).is_err());
     let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(HEAD_BYTES_MAX));
     assert!(parse_head(huge.as_bytes(), false).is_err());
     let many: String = (0..HEADERS_MAX + 1)
@@ -125,6 +131,10 @@ fn head_requests_and_equal_lengths_are_fine() {
         panic!("not parsed");
     };
     assert_eq!(h.framing, Framing::Length(0));
+    assert_eq!(
+        head("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n").framing,
+        Framing::Length(7)
+    );
 }
 
 #[test]
@@ -139,6 +149,14 @@ fn lengths_and_chunks_decode_in_any_pieces() {
         let (body, ended) = decode_in_steps(Framing::Length(5), b"abcde", step).expect("decodes");
         assert_eq!((body.as_slice(), ended), (&b"abcde"[..], true));
     }
+    // leading zeros, and whitespace before the extensions, are fine
+    let (body, ended) = decode_in_steps(
+        Framing::Chunked(Chunked::default()),
+        b"00000000000000000003 ;x\r\nabc\r\n0000\r\n\r\n",
+        5,
+    )
+    .expect("decodes");
+    assert_eq!((body.as_slice(), ended), (&b"abc"[..], true));
     // LF-only line ends are taken too
     let (body, ended) = decode_in_steps(Framing::Chunked(Chunked::default()), b"3\nabc\n0\n\n", 1)
         .expect("decodes");
@@ -188,6 +206,7 @@ fn bad_chunk_framing_is_an_error() {
         "1\r\nab\r\n0\r\n\r\n",
         "ffffffffffffffff\r\n",
         ";x\r\n",
+        " 1\r\nx\r\n0\r\n\r\n",
         &long_line,
         &long_trailers,
     ] {
