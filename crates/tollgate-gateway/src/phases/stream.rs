@@ -309,15 +309,10 @@ impl Relay {
         Ok(())
     }
 
-    /// After `[DONE]`: reuse the connection if the body's end is already here.
+    /// After `[DONE]`: the connection goes back to the pool once the body's end is here.
     fn release_connection(&mut self) {
-        let Some(upstream) = self.upstream.as_mut() else {
-            return;
-        };
-        if let Some(None) = upstream.ready_chunk()
-            && let Some(done) = self.upstream.take()
-        {
-            self.gw.client.release(done);
+        if let Some(done) = self.upstream.take() {
+            self.gw.client.release_when_done(done);
         }
     }
 

@@ -37,6 +37,9 @@ const COLLECT_RESERVE_MAX: usize = 1 << 20;
 const BUFFER_BYTES_MAX: usize = 64 << 10;
 /// Most interim (1xx) heads skipped before the final one.
 const INTERIM_HEADS_MAX: usize = 16;
+/// How long a stream's connection waits, after the client got everything, for the end of the
+/// upstream's body (its last chunk often comes in a later segment) to be pooled again.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// One upstream connection; dropping it closes it.
 pub struct UpConn {
@@ -345,6 +348,27 @@ impl UpstreamClient {
                 idle.insert(conn.host.clone(), vec![conn]);
             }
         }
+    }
+
+    /// Pools a response's connection once its body has ended: at once if the end is already
+    /// here; else a task on this event loop waits for it (at most [`DRAIN_WAIT`]; anything but
+    /// the end closes the connection) — so a stream whose last chunk trails its `[DONE]` does
+    /// not cost a new connection. Returns that task, if one was needed.
+    pub fn release_when_done(&self, mut resp: UpResponse) -> Option<tokio::task::JoinHandle<()>> {
+        match resp.ready_chunk() {
+            Some(None) => self.release(resp),
+            Some(Some(_)) => {} // more body, or broken: not reusable
+            None => {
+                let runtime = tokio::runtime::Handle::try_current().ok()?;
+                let client = self.clone();
+                return Some(runtime.spawn(async move {
+                    if let Ok(None) = tokio::time::timeout(DRAIN_WAIT, resp.chunk()).await {
+                        client.release(resp);
+                    }
+                }));
+            }
+        }
+        None
     }
 
     async fn connect(&self, host: &str) -> Result<UpConn, SendError> {
