@@ -53,11 +53,16 @@ pub struct UpConn {
 }
 
 impl UpConn {
-    /// Reads more bytes into the buffer; `Ok(0)` when the upstream closed.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Makes room in the buffer for the next read.
+    fn make_room(&mut self) {
         if self.buf.capacity() - self.buf.len() < READ_BYTES / 4 {
             self.buf.reserve(READ_BYTES);
         }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` when the upstream closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.make_room();
         loop {
             ready!(self.io.poll_read_ready(cx))?;
             match self.io.try_read_buf(&mut self.buf) {
@@ -69,9 +74,7 @@ impl UpConn {
 
     /// Reads more bytes if the socket has them now (no waiting, no waker kept).
     fn try_fill(&mut self) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_BYTES / 4 {
-            self.buf.reserve(READ_BYTES);
-        }
+        self.make_room();
         match self.io.try_read_buf(&mut self.buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
             r => Poll::Ready(self.count(r)),
@@ -405,8 +408,7 @@ impl UpstreamClient {
         if !wire::is_token_text(path) {
             return Err(SendError::BadUrl(format!("{base}{path}")));
         }
-        let target = format!("{prefix}{path}");
-        let head = wire::request_head(method.as_str(), host, &target, body.len(), headers);
+        let head = wire::request_head(method.as_str(), host, [prefix, path], body.len(), headers);
         let io_err = |e| SendError::Io(host.to_owned(), e);
         for _ in 0..3 {
             let (mut conn, pooled) = match self.checkout(host) {
@@ -470,10 +472,7 @@ impl UpstreamClient {
 /// How a write fails on a connection the upstream closed while it sat idle.
 fn stale(e: &io::Error) -> bool {
     use io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-    )
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 #[cfg(test)]

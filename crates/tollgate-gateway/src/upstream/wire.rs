@@ -27,19 +27,32 @@ pub fn is_token_text(s: &str) -> bool {
     s.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
-/// The request head: `{method} {path} HTTP/1.1`, `host`, the body's type and length (when it
-/// has one) and `headers`. `host` and `path` were checked with [`is_token_text`]; header values
-/// cannot hold CR or LF (`HeaderValue`).
+/// The request head: `{method} {prefix}{path} HTTP/1.1` (`/` for an empty target), `host`, the
+/// body's type and length (when it has one) and `headers`. `host` and the target's parts were
+/// checked with [`is_token_text`]; header values cannot hold CR or LF (`HeaderValue`).
 pub fn request_head(
     method: &str,
     host: &str,
-    path: &str,
+    [prefix, path]: [&str; 2],
     body_len: usize,
     headers: &[(HeaderName, HeaderValue)],
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(160 + path.len() + host.len());
-    let path = if path.is_empty() { "/" } else { path };
-    for part in [method, " ", path, " HTTP/1.1\r\nhost: ", host, "\r\n"] {
+    let mut h = Vec::with_capacity(160 + prefix.len() + path.len() + host.len());
+    let root = if prefix.is_empty() && path.is_empty() {
+        "/"
+    } else {
+        ""
+    };
+    for part in [
+        method,
+        " ",
+        root,
+        prefix,
+        path,
+        " HTTP/1.1\r\nhost: ",
+        host,
+        "\r\n",
+    ] {
         h.extend_from_slice(part.as_bytes());
     }
     if body_len > 0 {

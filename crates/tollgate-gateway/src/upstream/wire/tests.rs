@@ -33,7 +33,7 @@ fn request_heads_carry_host_length_and_headers() {
     let h = request_head(
         "POST",
         "10.0.0.1:8000",
-        "/v1/chat/completions",
+        ["/v1", "/chat/completions"],
         42,
         &[(
             HeaderName::from_static("x-request-id"),
@@ -47,7 +47,7 @@ fn request_heads_carry_host_length_and_headers() {
              content-type: application/json\r\ncontent-length: 42\r\nx-request-id: r1\r\n\r\n"
         )
     );
-    let get = request_head("GET", "h:1", "", 0, &[]);
+    let get = request_head("GET", "h:1", ["", ""], 0, &[]);
     assert_eq!(get, b"GET / HTTP/1.1\r\nhost: h:1\r\n\r\n");
 }
 
