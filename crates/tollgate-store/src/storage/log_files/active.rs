@@ -4,7 +4,12 @@
 //! written before the sync started) and when the log switches segments (a segment is synced
 //! before the next one starts; a truncated one is synced at its new end; at open the last
 //! segment is synced). Tests cut the files at the watermark to simulate a power loss.
+//!
+//! A marked segment's header (`header.rs`) carries the watermark to disk: each sync writes the
+//! watermark as it stands into the header before the `fdatasync` (so the header never claims
+//! more than was durable when it was written), and a truncation lowers it before it cuts.
 
+use super::header;
 use crate::storage::group_commit::count_sync;
 use std::fs::File;
 use std::io;
@@ -20,6 +25,9 @@ pub struct ActiveFile(Arc<Mutex<State>>);
 struct State {
     /// The segment appends go to: its name and file.
     file: Option<(u64, Arc<File>)>,
+    /// Whether it has a header to write the watermark into (segments from before headers have
+    /// none).
+    marked: bool,
     /// Bytes of whole frames written to it.
     written: u64,
     durable: Pos,
@@ -44,9 +52,10 @@ impl ActiveFile {
     }
 
     /// Appends go to segment `name` from now on; its `len` bytes are durable.
-    pub(super) fn switch(&self, name: u64, file: Arc<File>, len: u64) {
+    pub(super) fn switch(&self, name: u64, file: Arc<File>, len: u64, marked: bool) {
         let mut s = self.lock();
         s.file = Some((name, file));
+        s.marked = marked;
         s.written = len;
         s.durable = (name, len);
         s.switches += 1;
@@ -61,7 +70,7 @@ impl ActiveFile {
     /// started): every frame written before this call is durable when it returns. Skipped when
     /// nothing was written since the watermark.
     pub fn sync(&self) -> io::Result<()> {
-        let Some(covers) = self.begin() else {
+        let Some(covers) = self.begin()? else {
             return Ok(());
         };
         covers.file.sync_data()?;
@@ -71,17 +80,54 @@ impl ActiveFile {
     }
 
     /// What a sync starting now covers; `None` when nothing was written since the watermark.
-    pub(super) fn begin(&self) -> Option<Covers> {
+    /// A marked segment's header is set to the watermark first, under the lock (so a
+    /// truncation's lowering is never overwritten by an older claim), and the sync makes it
+    /// durable along with the frames.
+    pub(super) fn begin(&self) -> io::Result<Option<Covers>> {
         let s = self.lock();
-        match &s.file {
-            Some((name, f)) if s.durable < (*name, s.written) => Some(Covers {
+        let covers = match &s.file {
+            Some((name, f)) if s.durable < (*name, s.written) => Covers {
                 name: *name,
                 file: f.clone(),
                 written: s.written,
                 switches: s.switches,
-            }),
-            _ => None,
+            },
+            _ => return Ok(None),
+        };
+        if s.marked {
+            header::write(&covers.file, s.durable.1)?;
         }
+        Ok(Some(covers))
+    }
+
+    /// Segment `name` (`file`) is about to be cut at `offset`: its header must not claim
+    /// anything past the cut, else a frame appended after the cut and torn by a crash would read
+    /// as damage below the claim. The claim is lowered now (the truncation's own sync makes it
+    /// durable) and the watermark with it; counted as a switch, so a sync in flight cannot
+    /// raise the watermark past the cut again before the truncation's `switch`.
+    pub(super) fn before_cut(
+        &self,
+        name: u64,
+        file: &File,
+        marked: bool,
+        offset: u64,
+    ) -> io::Result<()> {
+        let mut s = self.lock();
+        s.switches += 1;
+        let active = matches!(&s.file, Some((n, _)) if *n == name);
+        // an earlier segment was synced whole when the next one started
+        let claim = if active {
+            s.durable.1.min(offset)
+        } else {
+            offset
+        };
+        if active {
+            s.durable = (name, claim);
+        }
+        if marked {
+            header::write(file, claim)?;
+        }
+        Ok(())
     }
 
     /// The sync that `covers` describes returned: the watermark moves to what was written when

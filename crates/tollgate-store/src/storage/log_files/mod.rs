@@ -1,6 +1,7 @@
 //! The Raft log's entries in files of their own: `<data-dir>/raft-log/<first index>.log`
-//! segments, each a run of frames `[record length u32 LE][codec record of one Entry]` (the
-//! record carries its own CRC), indices consecutive from the segment's name. An append is one
+//! segments, each a header (`header.rs`: the synced-to mark) and a run of frames `[record length
+//! u32 LE][codec record of one Entry]` (the record carries its own CRC), indices consecutive from
+//! the segment's name. An append is one
 //! `pwrite` of all its frames into the last segment; a group-commit thread `fdatasync`s that
 //! segment and reports the append durable (DU-1). Once a segment passes `SEGMENT_BYTES` it is
 //! synced and the next one starts. Purged entries stay in their segment until no entry of the
@@ -13,9 +14,11 @@
 //! docs/design/raft-log.md.
 //!
 //! DU-4: the files hold the log's entries after `last_purged` contiguously and exactly as
-//! acknowledged; only the last segment may end in a torn frame (cut at open).
+//! acknowledged; only the last segment may end in a torn frame (cut at open), and only past its
+//! header's synced-to mark.
 
 mod active;
+mod header;
 mod scan;
 
 pub use active::ActiveFile;
@@ -23,6 +26,7 @@ pub use active::ActiveFile;
 use super::group_commit::count_sync;
 use crate::codec::decode;
 use crate::types::{Entry, LogId};
+use header::HEADER_BYTES;
 use openraft::entry::RaftEntry;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -40,10 +44,22 @@ const FRAME_HEADER: u64 = 4;
 pub const ENTRY_BYTES_MAX: usize = 144 << 10;
 const RECORD_BYTES_MAX: u32 = ENTRY_BYTES_MAX as u32;
 
-/// One segment file, opened for reading and writing; `len` = bytes of whole frames.
+/// One segment file, opened for reading and writing; `len` = bytes up to the end of its last
+/// whole frame, `start` = where its first frame goes (after the header; 0 in a legacy segment).
 struct Segment {
     file: Arc<File>,
     len: u64,
+    start: u64,
+}
+
+impl Segment {
+    fn marked(&self) -> bool {
+        self.start > 0
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == self.start
+    }
 }
 
 /// Where one entry's frame is.
@@ -116,11 +132,11 @@ impl LogFiles {
             active: ActiveFile::default(),
             segment_bytes,
         };
-        if let Some((name, seg)) = log.last_segment() {
-            // what a crashed process left in the page cache is made durable before anything
-            // builds on it
-            seg.file.sync_data()?;
-            log.active.switch(name, seg.file.clone(), seg.len);
+        let mut log = log;
+        if let Some((name, seg)) = log.segments.iter_mut().next_back() {
+            open_last(name, seg)?;
+            log.active
+                .switch(*name, seg.file.clone(), seg.len, seg.marked());
         }
         Ok(log)
     }
@@ -215,8 +231,8 @@ impl LogFiles {
     fn segment_for(&mut self, start: u64, bytes: u64) -> io::Result<u64> {
         if let Some((name, seg)) = self.last_segment() {
             let in_use = !self.locs.is_empty();
-            let fits = seg.len == 0 || seg.len + bytes <= self.segment_bytes;
-            if (in_use && fits) || (seg.len == 0 && name == start) {
+            let fits = seg.is_empty() || seg.len + bytes <= self.segment_bytes;
+            if (in_use && fits) || (seg.is_empty() && name == start) {
                 return Ok(name);
             }
             if start <= name {
@@ -236,10 +252,19 @@ impl LogFiles {
             .create(true)
             .truncate(true)
             .open(&path)?;
+        start_marked(&file)?;
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
-        self.active.switch(start, file.clone(), 0);
-        self.segments.insert(start, Segment { file, len: 0 });
+        let len = HEADER_BYTES;
+        self.active.switch(start, file.clone(), len, true);
+        self.segments.insert(
+            start,
+            Segment {
+                file,
+                len,
+                start: len,
+            },
+        );
         self.drop_dead_segments();
         Ok(start)
     }
@@ -272,12 +297,14 @@ impl LogFiles {
             .segments
             .get_mut(&cut.segment)
             .ok_or_else(|| io::Error::other("a log entry's segment is missing"))?;
+        self.active
+            .before_cut(cut.segment, &seg.file, seg.marked(), cut.offset)?;
         seg.file.set_len(cut.offset)?;
         seg.file.sync_all()?;
         count_sync();
         seg.len = cut.offset;
         self.active
-            .switch(cut.segment, seg.file.clone(), cut.offset);
+            .switch(cut.segment, seg.file.clone(), cut.offset, seg.marked());
         self.locs.truncate(keep);
         self.last_log_id = if self.locs.is_empty() {
             None
@@ -335,6 +362,40 @@ impl LogFiles {
             })
             .collect()
     }
+}
+
+/// Gives a new segment file its header (claiming nothing yet) and makes it durable, so a
+/// segment with frames always starts with a readable header.
+fn start_marked(file: &File) -> io::Result<()> {
+    header::write(file, HEADER_BYTES)?;
+    file.sync_data()?;
+    count_sync();
+    Ok(())
+}
+
+/// The last segment at open: what a crashed process left in the page cache is made durable
+/// before anything builds on it, then its header claims exactly its length — lower than an old
+/// claim a crash inside a truncation can leave (the shortened file on disk, the lowered header
+/// not), which a torn append after the cut would otherwise contradict. A last segment without
+/// frames and without a header (a legacy one, or one whose creation a crash cut short) starts
+/// over as a marked one.
+fn open_last(name: &u64, seg: &mut Segment) -> io::Result<()> {
+    if !seg.marked() && seg.is_empty() {
+        tracing::info!(segment = name, "giving an empty raft log segment a header");
+        seg.file.set_len(0)?;
+        start_marked(&seg.file)?;
+        seg.start = HEADER_BYTES;
+        seg.len = HEADER_BYTES;
+        return Ok(());
+    }
+    seg.file.sync_data()?;
+    count_sync();
+    if seg.marked() {
+        header::write(&seg.file, seg.len)?;
+        seg.file.sync_data()?;
+        count_sync();
+    }
+    Ok(())
 }
 
 /// Reads and checks the entries `locate` found.

@@ -1,6 +1,8 @@
 //! Reading a log directory back at open: every segment's frames in order, checked (length,
-//! checksum, index), with a torn tail cut off the last segment (DU-4).
+//! checksum, index), with a torn tail cut off the last segment (DU-4) — past its header's
+//! synced-to mark only: a frame failing below the mark is media damage, and refused.
 
+use super::header::{self, HEADER_BYTES, Marking};
 use super::{FRAME_HEADER, Loc, RECORD_BYTES_MAX, Segment, segment_path};
 use crate::codec::decode;
 use crate::storage::archive_segment::read_full;
@@ -8,7 +10,7 @@ use crate::types::{Entry, LogId};
 use openraft::entry::RaftEntry;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -78,19 +80,21 @@ pub(super) fn scan(dir: &Path, last_purged: Option<u64>) -> io::Result<Found> {
         let path = segment_path(dir, name);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let is_last = i + 1 == names.len();
-        let len = scan_segment(&path, &file, name, last_purged, is_last, &mut found)?;
+        let (start, len) = scan_segment(&path, &file, name, last_purged, is_last, &mut found)?;
         found.segments.insert(
             name,
             Segment {
                 file: Arc::new(file),
                 len,
+                start,
             },
         );
     }
     Ok(found)
 }
 
-/// Reads one segment into `found`; returns its length after a torn tail was cut.
+/// Reads one segment into `found`; returns where its frames start and its length after a torn
+/// tail was cut.
 fn scan_segment(
     path: &Path,
     file: &File,
@@ -98,10 +102,16 @@ fn scan_segment(
     last_purged: Option<u64>,
     is_last: bool,
     found: &mut Found,
-) -> io::Result<u64> {
+) -> io::Result<(u64, u64)> {
     let size = file.metadata()?.len();
+    let (start, synced_to) = match header::read(file, size)? {
+        Marking::Legacy => (0, 0),
+        Marking::Marked { synced_to } => (HEADER_BYTES, synced_to),
+        Marking::Damaged => return Err(damaged(path, 0, "its header fails its check")),
+    };
     let mut reader = BufReader::with_capacity(256 << 10, file);
-    let mut offset = 0u64;
+    reader.seek(SeekFrom::Start(start))?;
+    let mut offset = start;
     let mut want = name;
     while offset < size {
         let Some(record) = next_record(&mut reader)? else {
@@ -145,9 +155,21 @@ fn scan_segment(
                 "a torn frame before the last segment",
             ));
         }
+        if offset < synced_to {
+            // synced before the header was written, so no crash can have cut it: cutting here
+            // would drop acknowledged entries
+            return Err(damaged(
+                path,
+                offset,
+                "a frame below the segment's synced-to mark fails its check (media damage, not \
+                 an unfinished write)",
+            ));
+        }
         // a frame cut by a crash: never acknowledged (appends are acknowledged after the sync
-        // that covers them, and a segment is synced before the next one starts). Media damage
-        // in the last segment looks the same: say how much goes, so an operator can tell
+        // that covers them, and a segment is synced before the next one starts). Damage in
+        // the last sync's frames looks the same: say how much goes, so an operator can tell.
+        // (A file ending cleanly below the mark is not damage: a crash inside a truncation can
+        // leave the shortened file and the old header; the open lowers the mark at once.)
         tracing::warn!(
             segment = %path.display(),
             at = offset,
@@ -157,5 +179,5 @@ fn scan_segment(
         file.set_len(offset)?;
         file.sync_all()?;
     }
-    Ok(offset)
+    Ok((start, offset))
 }

@@ -130,6 +130,127 @@ fn a_bad_frame_before_the_last_segment_refuses_to_open() {
     assert!(err.to_string().contains("damaged"), "{err}");
 }
 
+/// Flips one byte of segment `name` at `at`.
+fn flip(dir: &Path, name: u64, at: u64) {
+    let path = segment_path(&dir_of(dir), name);
+    let mut bytes = fs::read(&path).expect("read");
+    bytes[at as usize] ^= 0xff;
+    fs::write(&path, bytes).expect("write");
+}
+
+/// Where entry `index`'s frame starts.
+fn frame_at(log: &LogFiles, index: u64) -> u64 {
+    log.locate(index, index)[0].1
+}
+
+/// F7 of the session-12 review: media damage to a frame the log had synced, in the last
+/// segment, used to look like a torn tail and was cut off with every entry after it —
+/// acknowledged entries gone without a word. The header's synced-to mark tells the two apart.
+#[test]
+fn a_synced_frame_damaged_in_the_last_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (second, fourth) = {
+        let mut log = LogFiles::open(dir.path(), None).expect("open");
+        log.append(&records(1, 3)).expect("append");
+        log.active().sync().expect("sync");
+        log.append(&records(4, 4)).expect("append");
+        // this sync's header claims entries 1..=3 (what the one before made durable)
+        log.active().sync().expect("sync");
+        (frame_at(&log, 2), frame_at(&log, 4))
+    };
+    let copy = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(dir_of(copy.path())).expect("mkdir");
+    fs::copy(
+        segment_path(&dir_of(dir.path()), 1),
+        segment_path(&dir_of(copy.path()), 1),
+    )
+    .expect("copy");
+
+    flip(dir.path(), 1, second + 9);
+    let err = LogFiles::open(dir.path(), None)
+        .err()
+        .expect("damage below the mark is refused");
+    assert!(err.to_string().contains("synced-to mark"), "{err}");
+
+    // past the mark the same damage is what a crash leaves: cut, the rest opens
+    flip(copy.path(), 1, fourth + 9);
+    let log = LogFiles::open(copy.path(), None).expect("open");
+    assert_eq!(indices(&log, 0, 10), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_damaged_segment_header_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = open(dir.path(), None);
+        log.append(&records(1, 1)).expect("append");
+        log.active().sync().expect("sync");
+    }
+    flip(dir.path(), 1, 10);
+    let err = LogFiles::open_sized(dir.path(), None, SMALL)
+        .err()
+        .expect("a damaged header is refused");
+    assert!(err.to_string().contains("header"), "{err}");
+}
+
+/// Segments written before headers existed (frames from byte 0) open as before, take appends,
+/// and are never given a header over their first frame.
+#[test]
+fn a_segment_from_before_headers_opens_and_takes_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(dir_of(dir.path())).expect("mkdir");
+    let mut legacy = Vec::new();
+    for (_, record) in records(1, 3) {
+        legacy.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        legacy.extend_from_slice(&record);
+    }
+    let path = segment_path(&dir_of(dir.path()), 1);
+    fs::write(&path, &legacy).expect("write");
+    {
+        let mut log = LogFiles::open(dir.path(), None).expect("open");
+        assert_eq!(indices(&log, 0, 10), vec![1, 2, 3]);
+        log.append(&records(4, 4)).expect("append");
+        log.active().sync().expect("sync");
+    }
+    let bytes = fs::read(&path).expect("read");
+    assert_eq!(&bytes[..legacy.len()], &legacy[..], "rewritten in place");
+    let log = LogFiles::open(dir.path(), None).expect("reopen");
+    assert_eq!(indices(&log, 0, 10), vec![1, 2, 3, 4]);
+}
+
+/// A crash inside a truncation can leave the shortened file with the header from before (the
+/// length is metadata, the header data; either may reach the disk first). The file then ends
+/// below the mark, which is not damage — but an append after the cut, torn by the next crash,
+/// would sit below it and be refused. So the open lowers the mark to the length it found.
+#[test]
+fn the_open_lowers_a_mark_left_above_the_end_of_the_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut log = LogFiles::open(dir.path(), None).expect("open");
+        log.append(&records(1, 3)).expect("append");
+        log.active().sync().expect("sync");
+    }
+    let path = segment_path(&dir_of(dir.path()), 1);
+    let whole = fs::metadata(&path).expect("meta").len();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    header::write(&file, whole + 1_000).expect("a mark past the end");
+    drop(LogFiles::open(dir.path(), None).expect("a clean end below the mark opens"));
+    assert_eq!(
+        header::read(&file, whole).expect("read"),
+        header::Marking::Marked { synced_to: whole }
+    );
+    // an append after the cut, torn by a crash
+    let mut torn = (100u32).to_le_bytes().to_vec();
+    torn.extend_from_slice(&[7u8; 20]);
+    file.write_all_at(&torn, whole).expect("torn frame");
+    let log = LogFiles::open(dir.path(), None).expect("a torn tail past the mark is cut");
+    assert_eq!(indices(&log, 0, 10), vec![1, 2, 3]);
+}
+
 #[test]
 fn truncation_cuts_across_segments_and_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -235,7 +356,7 @@ fn a_sync_overtaken_by_a_truncation_does_not_vouch_for_what_came_after() {
     let mut log = open(dir.path(), None);
     log.append(&records(1, 3)).expect("append");
     let active = log.active();
-    let covers = active.begin().expect("unsynced frames");
+    let covers = active.begin().expect("header").expect("unsynced frames");
     let cut = active.durable();
     log.truncate(2, Some(records(1, 1)[0].0)).expect("truncate");
     let at_cut = active.durable();
@@ -247,9 +368,12 @@ fn a_sync_overtaken_by_a_truncation_does_not_vouch_for_what_came_after() {
         at_cut,
         "the overtaken sync moved the watermark"
     );
-    assert!(active.begin().is_some(), "the new frame still needs a sync");
+    assert!(
+        active.begin().expect("header").is_some(),
+        "the new frame still needs a sync"
+    );
     active.sync().expect("sync");
-    assert!(active.begin().is_none());
+    assert!(active.begin().expect("header").is_none());
 }
 
 /// xorshift64: a seeded sequence for the power-cut rounds (no dependency, reproducible).
@@ -301,8 +425,9 @@ fn power_cut(dir: &Path, durable: Pos, rng: &mut Rng) {
 }
 
 /// DU-1 and DU-4 under simulated power loss: appends, syncs (the group commit's) and
-/// truncations in a seeded order, then the files are cut back to the durable watermark plus any
-/// prefix of the unsynced bytes, with garbage after. Reopened, the log must be a prefix of what
+/// truncations in a seeded order, maybe a sync cut short, then the files are cut back to the
+/// durable watermark plus any prefix of the unsynced bytes, with garbage after — never read as
+/// damage below a segment's synced-to mark. Reopened, the log must be a prefix of what
 /// was written that holds every entry a sync covered.
 #[test]
 fn after_a_power_cut_every_synced_entry_is_back_and_nothing_else_is_damaged() {
@@ -333,6 +458,11 @@ fn after_a_power_cut_every_synced_entry_is_back_and_nothing_else_is_damaged() {
                 }
                 _ => {}
             }
+        }
+        if rng.below(2) == 0 {
+            // the power went while a sync was under way: it wrote its header, the
+            // `fdatasync` never returned
+            let _under_way = log.active().begin().expect("header");
         }
         let durable = log.active().durable();
         drop(log);
