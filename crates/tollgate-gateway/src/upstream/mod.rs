@@ -62,26 +62,45 @@ impl UpConn {
 
     /// Reads more bytes into the buffer; `Ok(0)` when the upstream closed.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.make_room();
         loop {
             ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
+            match self.read_once() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(self.count(r)),
+                r => return Poll::Ready(r),
             }
         }
     }
 
     /// Reads more bytes if the socket has them now (no waiting, no waker kept).
     fn try_fill(&mut self) -> Poll<io::Result<usize>> {
-        self.make_room();
-        match self.io.try_read_buf(&mut self.buf) {
+        match self.read_once() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-            r => Poll::Ready(self.count(r)),
+            r => Poll::Ready(r),
         }
     }
 
-    fn count(&mut self, read: io::Result<usize>) -> io::Result<usize> {
+    /// One read into the buffer, done the way tokio's own `poll_read` does it: a read that
+    /// leaves room in the buffer drained the socket (epoll is edge-triggered), so the socket's
+    /// readiness is cleared — with the readiness seen before the read, so an event that came
+    /// during it is kept — and the next read waits for epoll instead of making a system call
+    /// that fails with `WouldBlock`. That was one such call per request (at `alive`, between
+    /// every response and the next request) and one per piece of a stream. `WouldBlock` when
+    /// nothing is readable (often without a system call).
+    fn read_once(&mut self) -> io::Result<usize> {
+        self.make_room();
+        let room = self.buf.capacity() - self.buf.len();
+        let (socket, buf) = (&self.io, &mut self.buf);
+        let mut got = None;
+        let read = socket.try_io(tokio::io::Interest::READABLE, || {
+            let n = socket.try_read_buf(buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                // tells tokio to clear the readiness; the bytes are in `got`
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let read = got.map_or(read, Ok);
         if let Ok(n) = read {
             self.buf_read += n;
         }
