@@ -2,7 +2,8 @@
 //! Version 2 (written): `[2][kind: 1 reserved | 2 settled][seq: u64 LE][bincode of the
 //! reservation or the usage record]` (standard config, little-endian varints, as the store's
 //! codec). Version 1 (read only): `[1][JSON entry]`. A torn or corrupt tail (a crash in the
-//! middle of a write) ends the readable prefix.
+//! middle of a write) ends the readable part; a damaged frame with valid frames after it (the
+//! medium, not a crash) is skipped and the frames after it are read (`decode_all`).
 
 use super::record::{Entry, Reserved};
 use serde::Serialize;
@@ -71,16 +72,52 @@ fn put<T: Serialize>(out: &mut Vec<u8>, kind: u8, seq: u64, value: &T) -> io::Re
     Ok(())
 }
 
-/// Decodes every whole, valid frame of `buf`; returns the entries and the length of the valid
-/// prefix (where a torn or corrupt tail starts).
-pub fn decode_all(buf: &[u8]) -> (Vec<Entry>, usize) {
-    let mut out = Vec::new();
+/// What a segment's bytes hold.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub entries: Vec<Entry>,
+    /// The end of the last valid frame: after it, the segment's unused room or a torn write.
+    pub end: usize,
+    /// Bytes between valid frames that are no valid frame: damage, skipped.
+    pub damaged: usize,
+}
+
+/// Decodes every whole, valid frame of `buf`. Bytes that are no frame but have a valid frame
+/// after them are damage, not a torn write (a crash cuts only the end): they are skipped and
+/// counted, and the frames after them kept — each holds a record the store has not seen, or a
+/// reservation to settle as in doubt, and a record read twice is deduplicated by the store.
+pub fn decode_all(buf: &[u8]) -> Decoded {
+    let mut d = Decoded::default();
     let mut at = 0;
-    while let Some((e, len)) = decode_one(&buf[at..]) {
-        out.push(e);
-        at += len;
+    while at < buf.len() {
+        if let Some((e, len)) = decode_one(&buf[at..]) {
+            d.entries.push(e);
+            at += len;
+            d.end = at;
+            continue;
+        }
+        let Some(next) = next_frame(buf, at + 1) else {
+            break;
+        };
+        d.damaged += next - at;
+        at = next;
     }
-    (out, at)
+    d
+}
+
+/// Where the next valid frame at or after `from` starts. A frame carries its length and the
+/// CRC-32 of its body, so a position that decodes is a frame but by a one-in-2^32 chance; the
+/// cheap checks first (zeros, the unused room of a live segment, fail the first).
+fn next_frame(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len().saturating_sub(HEADER)).find(|&p| {
+        let rest = &buf[p..];
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        len != 0
+            && len <= BODY_BYTES_MAX
+            && rest.len() >= HEADER + len
+            && matches!(rest[HEADER], VERSION | VERSION_JSON)
+            && decode_one(rest).is_some()
+    })
 }
 
 fn decode_one(buf: &[u8]) -> Option<(Entry, usize)> {

@@ -64,6 +64,9 @@ pub struct Replay {
     pub in_doubt: Vec<Reserved>,
     /// Bytes of a torn or corrupt tail cut off.
     pub torn_bytes: u64,
+    /// Bytes of damaged frames skipped, with valid frames after them (`frame::decode_all`):
+    /// their entries are lost.
+    pub damaged_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +74,8 @@ pub struct JournalStats {
     pub appended: AtomicU64,
     pub syncs: AtomicU64,
     pub errors: AtomicU64,
+    /// `Replay::damaged_bytes` of this process's start.
+    pub damaged_bytes: AtomicU64,
 }
 
 pub struct Journal {
@@ -144,6 +149,10 @@ impl JournalStats {
             ("tollgate_gateway_journal_appends_total", &self.appended),
             ("tollgate_gateway_journal_syncs_total", &self.syncs),
             ("tollgate_gateway_journal_errors_total", &self.errors),
+            (
+                "tollgate_gateway_journal_damaged_bytes_total",
+                &self.damaged_bytes,
+            ),
         ] {
             let v = v.load(Ordering::Relaxed);
             let _ = writeln!(o, "# TYPE {name} counter\n{name} {v}");
@@ -181,10 +190,19 @@ impl Journal {
         let mut max_seq = acked;
         for (start, path) in segments_in(dir)? {
             let buf = read_file(&path)?;
-            let (entries, valid) = frame::decode_all(&buf);
+            let decoded = frame::decode_all(&buf);
+            if decoded.damaged > 0 {
+                tracing::error!(
+                    segment = %path.display(),
+                    bytes = decoded.damaged,
+                    "journal: damaged frames skipped (the entries after them are kept)"
+                );
+                replay.damaged_bytes += decoded.damaged as u64;
+            }
+            let valid = decoded.end;
             if valid < buf.len() {
                 // the unused, zeroed end of a segment whose process was killed, or a write a
-                // crash tore: keep the valid prefix only
+                // crash tore: cut after the last valid frame
                 replay.torn_bytes += torn_len(&buf[valid..]) as u64;
                 OpenOptions::new()
                     .write(true)
@@ -192,7 +210,7 @@ impl Journal {
                     .set_len(valid as u64)?;
             }
             segments.insert(start, 0u64);
-            for e in entries {
+            for e in decoded.entries {
                 max_seq = max_seq.max(e.seq());
                 match e {
                     Entry::Reserved { seq, reserved: r } => {
@@ -241,7 +259,10 @@ impl Journal {
                 written_at: Instant::now(),
                 every: CURSOR_EVERY,
             }),
-            stats: JournalStats::default(),
+            stats: JournalStats {
+                damaged_bytes: AtomicU64::new(replay.damaged_bytes),
+                ..JournalStats::default()
+            },
         };
         Ok((j, replay))
     }
@@ -410,8 +431,7 @@ impl Journal {
                 Some((_, used)) => read_prefix(path, used as u64)?,
                 None => read_file(path)?,
             };
-            let (entries, _) = frame::decode_all(&buf);
-            for e in entries {
+            for e in frame::decode_all(&buf).entries {
                 if let Entry::Settled { seq, record } = e
                     && seq >= from
                 {

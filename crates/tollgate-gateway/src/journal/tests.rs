@@ -76,17 +76,17 @@ fn encode_golden() -> Vec<u8> {
 #[test]
 fn entries_captured_from_v1_decode() {
     let bytes = unhex(GOLDEN_V1_HEX);
-    let (entries, valid) = frame::decode_all(&bytes);
-    assert_eq!(valid, bytes.len());
-    assert_eq!(entries, golden_entries());
+    let d = frame::decode_all(&bytes);
+    assert_eq!((d.end, d.damaged), (bytes.len(), 0));
+    assert_eq!(d.entries, golden_entries());
 }
 
 #[test]
 fn entries_captured_from_v2_decode_and_this_version_writes_the_same_bytes() {
     let bytes = unhex(GOLDEN_V2_HEX);
-    let (entries, valid) = frame::decode_all(&bytes);
-    assert_eq!(valid, bytes.len());
-    assert_eq!(entries, golden_entries());
+    let d = frame::decode_all(&bytes);
+    assert_eq!((d.end, d.damaged), (bytes.len(), 0));
+    assert_eq!(d.entries, golden_entries());
     assert_eq!(encode_golden(), bytes);
     // binary frames are a third of the JSON ones
     assert!(bytes.len() * 2 < unhex(GOLDEN_V1_HEX).len());
@@ -117,12 +117,36 @@ fn a_torn_or_corrupt_tail_ends_the_readable_prefix() {
     let mut bytes = frame::encode(1, EntryRef::Reserved(&reserved("r1"))).expect("encode");
     let whole = bytes.len();
     bytes.extend(frame::encode(2, EntryRef::Settled(&record("r1", 4))).expect("encode"));
-    let (e, valid) = frame::decode_all(&bytes[..bytes.len() - 3]);
-    assert_eq!((e.len(), valid), (1, whole));
+    let d = frame::decode_all(&bytes[..bytes.len() - 3]);
+    assert_eq!((d.entries.len(), d.end, d.damaged), (1, whole, 0));
     let mut flipped = bytes.clone();
     let last = flipped.len() - 2;
     flipped[last] ^= 0x40;
-    assert_eq!(frame::decode_all(&flipped).1, whole);
+    let d = frame::decode_all(&flipped);
+    assert_eq!((d.end, d.damaged), (whole, 0));
+    // a zeroed end (the unused room of a live segment) is no damage either
+    let mut roomy = bytes.clone();
+    roomy.resize(bytes.len() + 4096, 0);
+    let d = frame::decode_all(&roomy);
+    assert_eq!((d.entries.len(), d.end, d.damaged), (2, bytes.len(), 0));
+}
+
+/// Damage is not a crash: a crash cuts the end, while a bad frame with good ones after it is the
+/// medium. The frames after it used to be cut off with it — every record in them lost to
+/// billing; now only the damaged frame is.
+#[test]
+fn a_damaged_frame_is_skipped_and_the_frames_after_it_are_kept() {
+    let first = frame::encode(1, EntryRef::Reserved(&reserved("r1"))).expect("encode");
+    let second = frame::encode(2, EntryRef::Settled(&record("r1", 4))).expect("encode");
+    let third = frame::encode(3, EntryRef::Reserved(&reserved("r2"))).expect("encode");
+    for at in [0, 3, 5, 9, second.len() - 1] {
+        let mut bytes = [first.clone(), second.clone(), third.clone()].concat();
+        bytes[first.len() + at] ^= 0x21;
+        let d = frame::decode_all(&bytes);
+        let seqs: Vec<u64> = d.entries.iter().map(|e| e.seq()).collect();
+        assert_eq!(seqs, vec![1, 3], "byte {at} of the second frame damaged");
+        assert_eq!((d.end, d.damaged), (bytes.len(), second.len()), "byte {at}");
+    }
 }
 
 #[test]
@@ -298,7 +322,8 @@ fn full_segments_roll_over_and_everything_reads_back_in_order() {
     // sealed segments are cut to their frames
     for (_, path) in &files[..files.len() - 1] {
         let buf = read_file(path).expect("read");
-        assert_eq!(frame::decode_all(&buf).1, buf.len());
+        let d = frame::decode_all(&buf);
+        assert_eq!((d.end, d.damaged), (buf.len(), 0));
     }
     let (all, end) = j.settled_from(0, 1000).expect("read");
     assert!(end);
@@ -326,4 +351,46 @@ fn an_entry_larger_than_a_segment_is_refused_not_written() {
     assert_eq!(j.stats.errors.load(Ordering::Relaxed), 1);
     let (none, _) = j.settled_from(0, 10).expect("read");
     assert!(none.is_empty());
+}
+
+/// Through a restart: a damaged `Settled` in a closed segment costs that record only. Its
+/// reservation is settled as in doubt (charged by policy, flagged), the records after it are
+/// shipped, and the damage is counted for `/metrics`.
+#[test]
+fn replay_skips_a_damaged_entry_and_ships_the_ones_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let damaged_at = {
+        let (j, _) = Journal::open(dir.path()).expect("open");
+        j.reserved(&reserved("r1")).expect("append");
+        j.settled(&record("r1", 5)).expect("append");
+        j.reserved(&reserved("r2")).expect("append");
+        let used_before = j.writer().seg.as_ref().map(|s| s.used).expect("live");
+        j.settled(&record("r2", 6)).expect("append");
+        j.reserved(&reserved("r3")).expect("append");
+        j.settled(&record("r3", 7)).expect("append");
+        used_before
+    };
+    let seg = segments_in(dir.path()).expect("list")[0].1.clone();
+    let mut bytes = read_file(&seg).expect("read");
+    bytes[damaged_at + 20] ^= 0x5a;
+    std::fs::write(&seg, &bytes).expect("write");
+    let (j, replay) = Journal::open(dir.path()).expect("reopen");
+    let shipped: Vec<String> = replay
+        .unacked
+        .iter()
+        .map(|(_, r)| r.request_id.to_string())
+        .collect();
+    assert_eq!(shipped, vec!["r1", "r3"]);
+    let doubt: Vec<String> = replay
+        .in_doubt
+        .iter()
+        .map(|r| r.request_id.to_string())
+        .collect();
+    assert_eq!(doubt, vec!["r2"], "its settlement was lost");
+    assert!(replay.damaged_bytes > 0);
+    assert_eq!(replay.torn_bytes, 0);
+    assert_eq!(
+        j.stats.damaged_bytes.load(Ordering::Relaxed),
+        replay.damaged_bytes
+    );
 }
