@@ -35,17 +35,17 @@ fn check_slug(kind: &'static str, value: &str, allow_upper_and_slash: bool) -> R
             max: SLUG_BYTES_MAX,
         });
     }
-    let ok_char = |c: char| {
+    // bytes, not chars: every allowed character is ASCII, and any byte of a multi-byte
+    // character fails these tests as its character would (ids are checked on every decode)
+    let ok_byte = |c: u8| {
         c.is_ascii_lowercase()
             || c.is_ascii_digit()
-            || matches!(c, '-' | '_' | '.')
-            || (allow_upper_and_slash && (c.is_ascii_uppercase() || c == '/' || c == ':'))
+            || matches!(c, b'-' | b'_' | b'.')
+            || (allow_upper_and_slash && (c.is_ascii_uppercase() || c == b'/' || c == b':'))
     };
-    let first_ok = value
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || !value.chars().all(ok_char) {
+    let bytes = value.as_bytes();
+    let first_ok = bytes.first().is_some_and(u8::is_ascii_alphanumeric);
+    if !first_ok || !bytes.iter().all(|&c| ok_byte(c)) {
         return Err(IdError::BadChars {
             kind,
             value: value.chars().take(80).collect(),
