@@ -5,9 +5,10 @@
 //! before the next one starts; a truncated one is synced at its new end; at open the last
 //! segment is synced). Tests cut the files at the watermark to simulate a power loss.
 //!
-//! A marked segment's header (`header.rs`) carries the watermark to disk: each sync writes the
-//! watermark as it stands into the header before the `fdatasync` (so the header never claims
-//! more than was durable when it was written), and a truncation lowers it before it cuts.
+//! A marked segment's header (`header.rs`) carries the watermark to disk: when a sync returns
+//! and moves the watermark, the new watermark is written into the header (so the header never
+//! claims more than is durable when it is written, and the next sync — or the kernel's
+//! writeback — puts it on disk), and a truncation lowers it before it cuts.
 
 use super::header;
 use crate::storage::group_commit::count_sync;
@@ -70,41 +71,34 @@ impl ActiveFile {
     /// started): every frame written before this call is durable when it returns. Skipped when
     /// nothing was written since the watermark.
     pub fn sync(&self) -> io::Result<()> {
-        let Some(covers) = self.begin()? else {
+        let Some(covers) = self.begin() else {
             return Ok(());
         };
         covers.file.sync_data()?;
         count_sync();
-        self.finish(&covers);
-        Ok(())
+        self.finish(&covers)
     }
 
     /// What a sync starting now covers; `None` when nothing was written since the watermark.
-    /// A marked segment's header is set to the watermark first, under the lock (so a
-    /// truncation's lowering is never overwritten by an older claim), and the sync makes it
-    /// durable along with the frames.
-    pub(super) fn begin(&self) -> io::Result<Option<Covers>> {
+    pub(super) fn begin(&self) -> Option<Covers> {
         let s = self.lock();
-        let covers = match &s.file {
-            Some((name, f)) if s.durable < (*name, s.written) => Covers {
+        match &s.file {
+            Some((name, f)) if s.durable < (*name, s.written) => Some(Covers {
                 name: *name,
                 file: f.clone(),
                 written: s.written,
                 switches: s.switches,
-            },
-            _ => return Ok(None),
-        };
-        if s.marked {
-            header::write(&covers.file, s.durable.1)?;
+            }),
+            _ => None,
         }
-        Ok(Some(covers))
     }
 
     /// Segment `name` (`file`) is about to be cut at `offset`: its header must not claim
     /// anything past the cut, else a frame appended after the cut and torn by a crash would read
-    /// as damage below the claim. The claim is lowered now (the truncation's own sync makes it
-    /// durable) and the watermark with it; counted as a switch, so a sync in flight cannot
-    /// raise the watermark past the cut again before the truncation's `switch`.
+    /// as damage below the claim. The claim is lowered now (the caller syncs it before it
+    /// shortens the file, so no crash leaves a file ending below its mark) and the watermark
+    /// with it; counted as a switch, so a sync in flight cannot raise the watermark past the cut
+    /// again before the truncation's `switch`.
     pub(super) fn before_cut(
         &self,
         name: u64,
@@ -114,16 +108,15 @@ impl ActiveFile {
     ) -> io::Result<()> {
         let mut s = self.lock();
         s.switches += 1;
-        let active = matches!(&s.file, Some((n, _)) if *n == name);
-        // an earlier segment was synced whole when the next one started
-        let claim = if active {
-            s.durable.1.min(offset)
+        let claim = if matches!(&s.file, Some((n, _)) if *n == name) {
+            s.written = s.written.min(offset);
+            let claim = s.durable.1.min(offset);
+            s.durable = (name, claim);
+            claim
         } else {
+            // an earlier segment was synced whole when the next one started
             offset
         };
-        if active {
-            s.durable = (name, claim);
-        }
         if marked {
             header::write(file, claim)?;
         }
@@ -133,12 +126,19 @@ impl ActiveFile {
     /// The sync that `covers` describes returned: the watermark moves to what was written when
     /// it began — unless the log switched segments or truncated meanwhile (the switch set the
     /// watermark, and a truncation may have cut below `written`: frames written after it, at
-    /// lower offsets, were not covered).
-    pub(super) fn finish(&self, covers: &Covers) {
+    /// lower offsets, were not covered). A marked segment's header takes the new watermark at
+    /// once, under the lock (a truncation's lowering, which bumps `switches`, is never
+    /// overwritten by an older claim): the frames this sync acknowledged are below the mark as
+    /// soon as the next sync, or the kernel's writeback, puts the header on disk.
+    pub(super) fn finish(&self, covers: &Covers) -> io::Result<()> {
         let mut s = self.lock();
         if s.switches == covers.switches && s.durable.1 < covers.written {
             s.durable = (covers.name, covers.written);
+            if s.marked {
+                header::write(&covers.file, covers.written)?;
+            }
         }
+        Ok(())
     }
 
     /// The durable watermark.

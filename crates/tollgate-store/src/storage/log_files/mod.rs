@@ -299,6 +299,11 @@ impl LogFiles {
             .ok_or_else(|| io::Error::other("a log entry's segment is missing"))?;
         self.active
             .before_cut(cut.segment, &seg.file, seg.marked(), cut.offset)?;
+        if seg.marked() {
+            // the lowered mark is on disk before the file is shorter than the old one
+            seg.file.sync_data()?;
+            count_sync();
+        }
         seg.file.set_len(cut.offset)?;
         seg.file.sync_all()?;
         count_sync();
@@ -374,11 +379,9 @@ fn start_marked(file: &File) -> io::Result<()> {
 }
 
 /// The last segment at open: what a crashed process left in the page cache is made durable
-/// before anything builds on it, then its header claims exactly its length — lower than an old
-/// claim a crash inside a truncation can leave (the shortened file on disk, the lowered header
-/// not), which a torn append after the cut would otherwise contradict. A last segment without
-/// frames and without a header (a legacy one, or one whose creation a crash cut short) starts
-/// over as a marked one.
+/// before anything builds on it, then its header claims every frame found (made durable too,
+/// before anything is appended). A last segment without frames and without a header (a legacy
+/// one, or one whose creation a crash cut short) starts over as a marked one.
 fn open_last(name: &u64, seg: &mut Segment) -> io::Result<()> {
     if !seg.marked() && seg.is_empty() {
         tracing::info!(segment = name, "giving an empty raft log segment a header");

@@ -147,29 +147,33 @@ fn scan_segment(
         offset += len;
         want += 1;
     }
-    if offset < size {
-        if !is_last {
-            return Err(damaged(
-                path,
-                offset,
-                "a torn frame before the last segment",
-            ));
-        }
-        if offset < synced_to {
-            // synced before the header was written, so no crash can have cut it: cutting here
-            // would drop acknowledged entries
-            return Err(damaged(
-                path,
-                offset,
+    if offset < size && !is_last {
+        return Err(damaged(
+            path,
+            offset,
+            "a torn frame before the last segment",
+        ));
+    }
+    if offset < synced_to {
+        // every frame below the mark was synced before the header said so, and a truncation
+        // syncs its lowered mark before it shortens the file: no crash can cut anything here,
+        // and cutting would drop acknowledged entries
+        return Err(damaged(
+            path,
+            offset,
+            if offset < size {
                 "a frame below the segment's synced-to mark fails its check (media damage, not \
-                 an unfinished write)",
-            ));
-        }
+                 an unfinished write)"
+            } else {
+                "the segment ends below its synced-to mark: synced entries are missing"
+            },
+        ));
+    }
+    if offset < size {
         // a frame cut by a crash: never acknowledged (appends are acknowledged after the sync
-        // that covers them, and a segment is synced before the next one starts). Damage in
-        // the last sync's frames looks the same: say how much goes, so an operator can tell.
-        // (A file ending cleanly below the mark is not damage: a crash inside a truncation can
-        // leave the shortened file and the old header; the open lowers the mark at once.)
+        // that covers them, and a segment is synced before the next one starts). Damage to
+        // frames synced after the header last reached the disk looks the same: say how much
+        // goes, so an operator can tell.
         tracing::warn!(
             segment = %path.display(),
             at = offset,

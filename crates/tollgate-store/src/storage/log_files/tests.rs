@@ -145,7 +145,8 @@ fn frame_at(log: &LogFiles, index: u64) -> u64 {
 
 /// F7 of the session-12 review: media damage to a frame the log had synced, in the last
 /// segment, used to look like a torn tail and was cut off with every entry after it —
-/// acknowledged entries gone without a word. The header's synced-to mark tells the two apart.
+/// acknowledged entries gone without a word. The header's synced-to mark tells the two apart;
+/// it takes the watermark as soon as a sync returns, so one sync protects its own frames.
 #[test]
 fn a_synced_frame_damaged_in_the_last_segment_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -153,9 +154,7 @@ fn a_synced_frame_damaged_in_the_last_segment_refuses_to_open() {
         let mut log = LogFiles::open(dir.path(), None).expect("open");
         log.append(&records(1, 3)).expect("append");
         log.active().sync().expect("sync");
-        log.append(&records(4, 4)).expect("append");
-        // this sync's header claims entries 1..=3 (what the one before made durable)
-        log.active().sync().expect("sync");
+        log.append(&records(4, 4)).expect("append, never synced");
         (frame_at(&log, 2), frame_at(&log, 4))
     };
     let copy = tempfile::tempdir().expect("tempdir");
@@ -176,6 +175,28 @@ fn a_synced_frame_damaged_in_the_last_segment_refuses_to_open() {
     flip(copy.path(), 1, fourth + 9);
     let log = LogFiles::open(copy.path(), None).expect("open");
     assert_eq!(indices(&log, 0, 10), vec![1, 2, 3]);
+}
+
+/// A truncation syncs its lowered mark before it shortens the file, so no crash leaves a
+/// segment ending below its mark: when one does, synced entries are missing.
+#[test]
+fn a_segment_shortened_below_its_mark_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let third = {
+        let mut log = LogFiles::open(dir.path(), None).expect("open");
+        log.append(&records(1, 3)).expect("append");
+        log.active().sync().expect("sync");
+        frame_at(&log, 3)
+    };
+    OpenOptions::new()
+        .write(true)
+        .open(segment_path(&dir_of(dir.path()), 1))
+        .and_then(|f| f.set_len(third))
+        .expect("cut entry 3 off");
+    let err = LogFiles::open(dir.path(), None)
+        .err()
+        .expect("a synced entry cut off is refused");
+    assert!(err.to_string().contains("ends below"), "{err}");
 }
 
 #[test]
@@ -218,17 +239,14 @@ fn a_segment_from_before_headers_opens_and_takes_appends() {
     assert_eq!(indices(&log, 0, 10), vec![1, 2, 3, 4]);
 }
 
-/// A crash inside a truncation can leave the shortened file with the header from before (the
-/// length is metadata, the header data; either may reach the disk first). The file then ends
-/// below the mark, which is not damage — but an append after the cut, torn by the next crash,
-/// would sit below it and be refused. So the open lowers the mark to the length it found.
+/// What a crashed process left unsynced is synced at open and put below the mark, so a torn
+/// append after the open cannot be taken for damage, and damage to those frames later can.
 #[test]
-fn the_open_lowers_a_mark_left_above_the_end_of_the_segment() {
+fn the_open_marks_every_frame_it_found() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let mut log = LogFiles::open(dir.path(), None).expect("open");
-        log.append(&records(1, 3)).expect("append");
-        log.active().sync().expect("sync");
+        log.append(&records(1, 3)).expect("append, never synced");
     }
     let path = segment_path(&dir_of(dir.path()), 1);
     let whole = fs::metadata(&path).expect("meta").len();
@@ -237,13 +255,19 @@ fn the_open_lowers_a_mark_left_above_the_end_of_the_segment() {
         .write(true)
         .open(&path)
         .expect("open");
-    header::write(&file, whole + 1_000).expect("a mark past the end");
-    drop(LogFiles::open(dir.path(), None).expect("a clean end below the mark opens"));
+    assert_eq!(
+        header::read(&file, whole).expect("read"),
+        header::Marking::Marked {
+            synced_to: HEADER_BYTES
+        },
+        "nothing was synced"
+    );
+    drop(LogFiles::open(dir.path(), None).expect("open"));
     assert_eq!(
         header::read(&file, whole).expect("read"),
         header::Marking::Marked { synced_to: whole }
     );
-    // an append after the cut, torn by a crash
+    // an append after the open, torn by a crash
     let mut torn = (100u32).to_le_bytes().to_vec();
     torn.extend_from_slice(&[7u8; 20]);
     file.write_all_at(&torn, whole).expect("torn frame");
@@ -356,24 +380,32 @@ fn a_sync_overtaken_by_a_truncation_does_not_vouch_for_what_came_after() {
     let mut log = open(dir.path(), None);
     log.append(&records(1, 3)).expect("append");
     let active = log.active();
-    let covers = active.begin().expect("header").expect("unsynced frames");
+    let covers = active.begin().expect("unsynced frames");
     let cut = active.durable();
     log.truncate(2, Some(records(1, 1)[0].0)).expect("truncate");
     let at_cut = active.durable();
     assert!(at_cut > cut, "the truncation synced the cut");
     log.append(&records(2, 2)).expect("append after the cut");
-    active.finish(&covers);
+    active.finish(&covers).expect("finish");
     assert_eq!(
         active.durable(),
         at_cut,
         "the overtaken sync moved the watermark"
     );
-    assert!(
-        active.begin().expect("header").is_some(),
-        "the new frame still needs a sync"
-    );
+    let path = segment_path(&dir_of(dir.path()), 1);
+    let size = fs::metadata(&path).expect("meta").len();
+    let file = File::open(&path).expect("open");
+    match header::read(&file, size).expect("read") {
+        header::Marking::Marked { synced_to } => assert!(
+            synced_to <= at_cut.1,
+            "the overtaken sync raised the mark past the cut: {synced_to} > {}",
+            at_cut.1
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(active.begin().is_some(), "the new frame still needs a sync");
     active.sync().expect("sync");
-    assert!(active.begin().expect("header").is_none());
+    assert!(active.begin().is_none());
 }
 
 /// xorshift64: a seeded sequence for the power-cut rounds (no dependency, reproducible).
@@ -460,9 +492,8 @@ fn after_a_power_cut_every_synced_entry_is_back_and_nothing_else_is_damaged() {
             }
         }
         if rng.below(2) == 0 {
-            // the power went while a sync was under way: it wrote its header, the
-            // `fdatasync` never returned
-            let _under_way = log.active().begin().expect("header");
+            // the power went while a sync was under way: its `fdatasync` never returned
+            let _under_way = log.active().begin();
         }
         let durable = log.active().durable();
         drop(log);
