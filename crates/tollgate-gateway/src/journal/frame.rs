@@ -2,8 +2,8 @@
 //! Version 2 (written): `[2][kind: 1 reserved | 2 settled][seq: u64 LE][bincode of the
 //! reservation or the usage record]` (standard config, little-endian varints, as the store's
 //! codec). Version 1 (read only): `[1][JSON entry]`. A torn or corrupt tail (a crash in the
-//! middle of a write) ends the readable part; a damaged frame with valid frames after it (the
-//! medium, not a crash) is skipped and the frames after it are read (`decode_all`).
+//! middle of a write) ends the readable part; bytes that are no frame with valid frames after
+//! them are skipped and the frames after them read (`decode_all`).
 
 use super::record::{Entry, Reserved};
 use serde::Serialize;
@@ -83,9 +83,10 @@ pub struct Decoded {
 }
 
 /// Decodes every whole, valid frame of `buf`. Bytes that are no frame but have a valid frame
-/// after them are damage, not a torn write (a crash cuts only the end): they are skipped and
-/// counted, and the frames after them kept — each holds a record the store has not seen, or a
-/// reservation to settle as in doubt, and a record read twice is deduplicated by the store.
+/// after them — damage to the medium, or a page of the mapped live segment that a power loss
+/// did not write while it wrote a later one — are skipped and counted, and the frames after
+/// them kept: each holds a record the store has not seen, or a reservation to settle as in
+/// doubt, and a record read twice is deduplicated by the store.
 pub fn decode_all(buf: &[u8]) -> Decoded {
     let mut d = Decoded::default();
     let mut at = 0;
@@ -112,10 +113,14 @@ fn next_frame(buf: &[u8], from: usize) -> Option<usize> {
     (from..buf.len().saturating_sub(HEADER)).find(|&p| {
         let rest = &buf[p..];
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        len != 0
-            && len <= BODY_BYTES_MAX
+        // a body holds a version and at least a kind or an opening brace
+        (2..=BODY_BYTES_MAX).contains(&len)
             && rest.len() >= HEADER + len
-            && matches!(rest[HEADER], VERSION | VERSION_JSON)
+            && match rest[HEADER] {
+                VERSION => matches!(rest[HEADER + 1], KIND_RESERVED | KIND_SETTLED),
+                VERSION_JSON => rest[HEADER + 1] == b'{',
+                _ => false,
+            }
             && decode_one(rest).is_some()
     })
 }

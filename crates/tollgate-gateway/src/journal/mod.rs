@@ -195,7 +195,8 @@ impl Journal {
                 tracing::error!(
                     segment = %path.display(),
                     bytes = decoded.damaged,
-                    "journal: damaged frames skipped (the entries after them are kept)"
+                    "journal: bytes that are no frame skipped, the entries after them kept \
+                     (disk damage, or pages a power loss wrote out of order)"
                 );
                 replay.damaged_bytes += decoded.damaged as u64;
             }
@@ -234,7 +235,7 @@ impl Journal {
             open.insert(r.request_id.clone(), start);
             replay.in_doubt.push(r);
         }
-        let next_seq = max_seq + 1;
+        let next_seq = max_seq.saturating_add(1);
         // a segment already named for the next entry holds no entry (a run that wrote nothing)
         match std::fs::remove_file(dir.join(segment_name(next_seq))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

@@ -147,6 +147,12 @@ fn a_damaged_frame_is_skipped_and_the_frames_after_it_are_kept() {
         assert_eq!(seqs, vec![1, 3], "byte {at} of the second frame damaged");
         assert_eq!((d.end, d.damaged), (bytes.len(), second.len()), "byte {at}");
     }
+    // and in the JSON frames of format v1
+    let mut v1 = unhex(GOLDEN_V1_HEX);
+    v1[12] ^= 0x21;
+    let d = frame::decode_all(&v1);
+    assert_eq!(d.entries, golden_entries()[1..].to_vec());
+    assert_eq!(d.end, v1.len());
 }
 
 #[test]

@@ -37,6 +37,10 @@ const COLLECT_RESERVE_MAX: usize = 1 << 20;
 const BUFFER_BYTES_MAX: usize = 64 << 10;
 /// Most interim (1xx) heads skipped before the final one.
 const INTERIM_HEADS_MAX: usize = 16;
+/// A connection idle longer than this is checked at checkout by asking its socket (a system
+/// call), not the event loop's readiness: upstreams close idle connections after a keep-alive
+/// timeout (seconds), and a close the event loop has not polled since would pass.
+const PROBE_IDLE: Duration = Duration::from_secs(1);
 /// How long a stream's connection waits, after the client got everything, for the end of the
 /// upstream's body (its last chunk often comes in a later segment) to be pooled again.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
@@ -155,11 +159,22 @@ impl UpConn {
         }
     }
 
-    /// An idle connection the upstream has not closed (nor sent anything unasked on).
+    /// An idle connection the upstream has not closed (nor sent anything unasked on). Briefly
+    /// idle (the usual case under load), the event loop's readiness answers without a system
+    /// call; longer idle, the socket itself is asked.
     fn alive(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
         let mut probe = [0u8; 1];
-        self.buf.is_empty()
-            && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        if self.idle_since.elapsed() < PROBE_IDLE {
+            return matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        }
+        let peek = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        matches!(
+            rustix::net::recv(&self.io, &mut probe[..], peek),
+            Err(rustix::io::Errno::AGAIN)
+        )
     }
 }
 

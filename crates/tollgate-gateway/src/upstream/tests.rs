@@ -358,3 +358,39 @@ fn urls_split_into_host_and_prefix() {
     assert!(split_url("http://h:1/v1 x").is_err());
     assert!(split_url("http://h:1/v1\r\nx: y").is_err());
 }
+
+/// Connections sit idle for a while before an upstream closes them (its keep-alive timeout).
+/// Picked after that, a connection is checked by asking its socket: the close is found even
+/// when the event loop has not polled since it arrived — here it cannot have, as the test never
+/// yields between the close and the check.
+#[tokio::test]
+async fn a_long_idle_connection_is_checked_with_its_socket() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let conn = |io| UpConn {
+        host: addr.to_string(),
+        io,
+        buf: BytesMut::new(),
+        buf_read: 0,
+        idle_since: Instant::now() - PROBE_IDLE * 2,
+    };
+    let mut open = conn(TcpStream::connect(addr).await.expect("connect"));
+    let (_open_peer, _) = listener.accept().await.expect("accept");
+    let mut closed = conn(TcpStream::connect(addr).await.expect("connect"));
+    let (closed_peer, _) = listener.accept().await.expect("accept");
+    // what a response read leaves: the readiness cleared by a read that found nothing
+    assert!(open.try_fill().is_pending() && closed.try_fill().is_pending());
+    drop(closed_peer);
+    // wait for the close outside tokio (poll(2) on the socket), so its reactor never sees it
+    let mut fds = [rustix::event::PollFd::new(
+        &closed.io,
+        rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP,
+    )];
+    let wait = rustix::event::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut fds, Some(&wait)).expect("poll"), 1);
+    assert!(!closed.alive(), "a closed connection passed the check");
+    assert!(open.alive(), "an open idle connection failed the check");
+}
