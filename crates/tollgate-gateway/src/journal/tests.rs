@@ -30,6 +30,12 @@ fn reserved(rid: &str) -> Reserved {
     }
 }
 
+/// The request ids of the records a replay ships again, in order.
+fn unacked_ids(replay: &Replay) -> Vec<String> {
+    let ids = replay.unacked.iter().map(|(_, r)| r.request_id.to_string());
+    ids.collect()
+}
+
 fn record(rid: &str, completion: u64) -> UsageRecord {
     let mut r = reserved(rid).in_doubt(1_800_000_000_500);
     r.status = UsageStatus::Completed;
@@ -103,11 +109,7 @@ fn a_journal_written_by_v1_replays_next_to_v2_segments() {
     assert_eq!(s, 4, "numbering continues after the v1 entries");
     drop(j);
     let (_, replay) = Journal::open(dir.path()).expect("reopen");
-    let ids: Vec<String> = replay
-        .unacked
-        .iter()
-        .map(|(_, r)| r.request_id.to_string())
-        .collect();
+    let ids = unacked_ids(&replay);
     assert_eq!(ids, vec!["r1", "r2"]);
     assert_eq!(replay.torn_bytes, 0);
 }
@@ -180,11 +182,7 @@ fn replay_ships_unacknowledged_records_and_settles_open_reservations_once() {
     drop(f);
     let (j, replay) = Journal::open(dir.path()).expect("reopen");
     assert_eq!(replay.torn_bytes, 6);
-    let ids: Vec<String> = replay
-        .unacked
-        .iter()
-        .map(|(_, r)| r.request_id.to_string())
-        .collect();
+    let ids = unacked_ids(&replay);
     assert_eq!(ids, vec!["r2"], "r1 was acknowledged");
     assert_eq!(replay.in_doubt.len(), 1);
     let doubt = replay.in_doubt[0].in_doubt(0);
@@ -209,10 +207,6 @@ fn replay_ships_unacknowledged_records_and_settles_open_reservations_once() {
 #[test]
 fn the_cursor_may_lag_behind_acks_after_a_kill_and_a_clean_stop_writes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let unacked = |replay: &Replay| -> Vec<String> {
-        let ids = replay.unacked.iter().map(|(_, r)| r.request_id.to_string());
-        ids.collect()
-    };
     let (j, _) = Journal::open(dir.path()).expect("open");
     j.set_cursor_every(Duration::MAX);
     let s1 = j.settled(&record("r1", 5)).expect("append");
@@ -224,19 +218,26 @@ fn the_cursor_may_lag_behind_acks_after_a_kill_and_a_clean_stop_writes_it() {
     // killed before the cursor was written: both are shipped again (the store answers
     // duplicates), none is lost
     let (j, replay) = Journal::open(dir.path()).expect("reopen");
-    assert_eq!(unacked(&replay), vec!["r1", "r2"]);
+    assert_eq!(unacked_ids(&replay), vec!["r1", "r2"]);
     j.set_cursor_every(Duration::MAX);
     j.ack(s2).expect("ack");
     drop(j);
     let (j, replay) = Journal::open(dir.path()).expect("third open");
-    assert!(unacked(&replay).is_empty(), "a clean stop wrote the cursor");
+    assert!(
+        unacked_ids(&replay).is_empty(),
+        "a clean stop wrote the cursor"
+    );
     // written by the acknowledgement itself once the interval passed (zero here)
     j.set_cursor_every(Duration::ZERO);
     let s3 = j.settled(&record("r3", 7)).expect("append");
     j.ack(s3).expect("ack");
     j.abandon();
     let (_, replay) = Journal::open(dir.path()).expect("fourth open");
-    assert!(unacked(&replay).is_empty(), "{:?}", unacked(&replay));
+    assert!(
+        unacked_ids(&replay).is_empty(),
+        "{:?}",
+        unacked_ids(&replay)
+    );
 }
 
 #[test]
@@ -381,11 +382,7 @@ fn replay_skips_a_damaged_entry_and_ships_the_ones_after_it() {
     bytes[damaged_at + 20] ^= 0x5a;
     std::fs::write(&seg, &bytes).expect("write");
     let (j, replay) = Journal::open(dir.path()).expect("reopen");
-    let shipped: Vec<String> = replay
-        .unacked
-        .iter()
-        .map(|(_, r)| r.request_id.to_string())
-        .collect();
+    let shipped = unacked_ids(&replay);
     assert_eq!(shipped, vec!["r1", "r3"]);
     let doubt: Vec<String> = replay
         .in_doubt

@@ -2,8 +2,9 @@
 //! the 16 bytes before][zero 12]`. `synced-to` is a byte offset in the segment below which every
 //! frame was on disk when the header was written, so a frame failing its check below it is media
 //! damage, not a write a crash cut short (DU-4). The header only ever claims what is already
-//! durable when it is written (`ActiveFile::begin` writes the watermark before each sync, and a
-//! truncation lowers it before it cuts), so whichever version of it a crash leaves is true.
+//! durable when it is written (`ActiveFile::finish` writes the watermark a sync just made true,
+//! a truncation lowers it and syncs it before it cuts, the open writes what it synced), so
+//! whichever version of it a crash leaves is true.
 //!
 //! A 32-byte write inside the first sector is assumed atomic, as databases assume for their
 //! control blocks; the checksum turns any other outcome into a refusal to start rather than a

@@ -123,7 +123,7 @@ impl LogFiles {
             sync_dir(data_dir)?;
         }
         let found = scan::scan(&dir, last_purged)?;
-        let log = LogFiles {
+        let mut log = LogFiles {
             dir,
             segments: found.segments,
             locs: found.locs,
@@ -132,11 +132,10 @@ impl LogFiles {
             active: ActiveFile::default(),
             segment_bytes,
         };
-        let mut log = log;
-        if let Some((name, seg)) = log.segments.iter_mut().next_back() {
+        if let Some((&name, seg)) = log.segments.iter_mut().next_back() {
             open_last(name, seg)?;
             log.active
-                .switch(*name, seg.file.clone(), seg.len, seg.marked());
+                .switch(name, seg.file.clone(), seg.len, seg.marked());
         }
         Ok(log)
     }
@@ -382,7 +381,7 @@ fn start_marked(file: &File) -> io::Result<()> {
 /// before anything builds on it, then its header claims every frame found (made durable too,
 /// before anything is appended). A last segment without frames and without a header (a legacy
 /// one, or one whose creation a crash cut short) starts over as a marked one.
-fn open_last(name: &u64, seg: &mut Segment) -> io::Result<()> {
+fn open_last(name: u64, seg: &mut Segment) -> io::Result<()> {
     if !seg.marked() && seg.is_empty() {
         tracing::info!(segment = name, "giving an empty raft log segment a header");
         seg.file.set_len(0)?;

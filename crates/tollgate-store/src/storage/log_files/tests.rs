@@ -29,6 +29,14 @@ fn filled(dir: &Path, to: u64) -> LogFiles {
     log
 }
 
+/// The error opening the log in `dir` refuses with (`what`: the case, for the failure message).
+fn refusal(dir: &Path, last_purged: Option<u64>, what: &str) -> String {
+    match LogFiles::open_sized(dir, last_purged, SMALL) {
+        Ok(_) => panic!("{what}: the log opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn indices(log: &LogFiles, start: u64, end: u64) -> Vec<u64> {
     read(log.locate(start, end))
         .expect("read")
@@ -124,10 +132,8 @@ fn a_bad_frame_before_the_last_segment_refuses_to_open() {
     let at = bytes.len() - 3;
     bytes[at] ^= 0xff;
     fs::write(&first, bytes).expect("write");
-    let err = LogFiles::open_sized(dir.path(), None, SMALL)
-        .err()
-        .expect("a damaged segment is refused");
-    assert!(err.to_string().contains("damaged"), "{err}");
+    let err = refusal(dir.path(), None, "a damaged segment is refused");
+    assert!(err.contains("damaged"), "{err}");
 }
 
 /// Flips one byte of segment `name` at `at`.
@@ -166,10 +172,8 @@ fn a_synced_frame_damaged_in_the_last_segment_refuses_to_open() {
     .expect("copy");
 
     flip(dir.path(), 1, second + 9);
-    let err = LogFiles::open(dir.path(), None)
-        .err()
-        .expect("damage below the mark is refused");
-    assert!(err.to_string().contains("synced-to mark"), "{err}");
+    let err = refusal(dir.path(), None, "damage below the mark is refused");
+    assert!(err.contains("synced-to mark"), "{err}");
 
     // past the mark the same damage is what a crash leaves: cut, the rest opens
     flip(copy.path(), 1, fourth + 9);
@@ -193,10 +197,8 @@ fn a_segment_shortened_below_its_mark_refuses_to_open() {
         .open(segment_path(&dir_of(dir.path()), 1))
         .and_then(|f| f.set_len(third))
         .expect("cut entry 3 off");
-    let err = LogFiles::open(dir.path(), None)
-        .err()
-        .expect("a synced entry cut off is refused");
-    assert!(err.to_string().contains("ends below"), "{err}");
+    let err = refusal(dir.path(), None, "a synced entry cut off is refused");
+    assert!(err.contains("ends below"), "{err}");
 }
 
 #[test]
@@ -208,10 +210,8 @@ fn a_damaged_segment_header_refuses_to_open() {
         log.active().sync().expect("sync");
     }
     flip(dir.path(), 1, 10);
-    let err = LogFiles::open_sized(dir.path(), None, SMALL)
-        .err()
-        .expect("a damaged header is refused");
-    assert!(err.to_string().contains("header"), "{err}");
+    let err = refusal(dir.path(), None, "a damaged header is refused");
+    assert!(err.contains("header"), "{err}");
 }
 
 /// Segments written before headers existed (frames from byte 0) open as before, take appends,
@@ -351,10 +351,8 @@ fn a_gap_between_live_entries_refuses_to_open() {
     assert!(files.len() >= 3, "{files:?}");
     let middle = files[1];
     fs::remove_file(segment_path(&dir_of(dir.path()), middle)).expect("rm");
-    let err = LogFiles::open_sized(dir.path(), None, SMALL)
-        .err()
-        .expect("a missing segment is refused");
-    assert!(err.to_string().contains("gap"), "{err}");
+    let err = refusal(dir.path(), None, "a missing segment is refused");
+    assert!(err.contains("gap"), "{err}");
 }
 
 #[test]
@@ -364,10 +362,8 @@ fn a_log_missing_the_entries_right_after_the_purged_ones_refuses_to_open() {
     let files = segment_files(dir.path());
     // the mark says entries up to 3 are purged: the log must go on at 4
     fs::remove_file(segment_path(&dir_of(dir.path()), files[0])).expect("rm");
-    let err = LogFiles::open_sized(dir.path(), Some(3), SMALL)
-        .err()
-        .expect("a lost first segment is refused");
-    assert!(err.to_string().contains("missing"), "{err}");
+    let err = refusal(dir.path(), Some(3), "a lost first segment is refused");
+    assert!(err.contains("missing"), "{err}");
     assert!(LogFiles::open_sized(dir.path(), Some(files[1] - 1), SMALL).is_ok());
 }
 
